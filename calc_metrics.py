@@ -1,0 +1,200 @@
+"""Compute quality / disentanglement metrics (FID, KID, DS, consistency) of a network snapshot.
+
+Example:
+    python calc_metrics.py --network runs/00000-paper256/network-snapshot-025000.pt \\
+        --metrics fid50k_full,ds10k --data ffhq256.zip --bfm BFM_model_front.mat --recon-ckpt epoch_20.pth --gpus 2
+
+Dataset, face model and FR default to those the snapshot was trained with. Results are printed as JSON lines and,
+if the snapshot's folder is a run directory (has training_options.json), appended to metric-<name>.jsonl there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+
+import click
+import torch
+
+from metrics.features import RandomFeatureExtractor, inception_factory, resolve_inception_weights
+from metrics.registry import MetricContext, calc_metric, check_metric_names, get_metric, report_metric
+from torch_utils.errors import UserError
+
+
+@dataclasses.dataclass
+class MetricsOptions:
+    """Resolved options of one calc_metrics run (plain data: passed to every spawned rank)."""
+
+    network: str
+    metrics: list[str]
+    data: str | None
+    gpus: int
+    bfm: str | None
+    recon_ckpt: str | None
+    render_backend: str
+    batch: int
+    inception: str | None
+    random_features: bool
+    cache_dir: str | None
+    workers: int
+    seed: int
+    run_dir: str | None
+    verbose: bool
+
+
+def resolve_options(opts: MetricsOptions) -> MetricsOptions:
+    """Fills data / face-asset / Inception paths (CLI flag > the snapshot's config > smoke defaults) and validates
+    them once, in the parent process, before any rank starts (so downloads and cached builds happen once)."""
+    from training.dataset import ImageLabelDataset
+    from training.snapshot import load_network
+
+    G = load_network(opts.network, device="cpu")
+    config = getattr(G, "snapshot_config", {}) or {}
+    if opts.data is None and config.get("data"):
+        opts.data = config["data"]
+    elif opts.data is None and config.get("builtin_data"):
+        from training.builtin_data import builtin_dataset_path
+
+        opts.data = builtin_dataset_path(**config["builtin_data"], progress=opts.verbose)
+    if opts.data is None:
+        raise UserError("no dataset: pass --data (the snapshot does not say which dataset it was trained on)")
+    dataset = ImageLabelDataset(opts.data)
+    if dataset.resolution != G.img_resolution:
+        raise UserError(f"dataset is {dataset.resolution}px but the network generates {G.img_resolution}px")
+    specs = [get_metric(name) for name in opts.metrics]
+    needs_fr = any(spec.needs_reconstructor for spec in specs)
+    if needs_fr and not G.is_conditional:
+        raise UserError("ds*/cons* metrics need a 3DMM-conditioned network; this one is unconditional")
+    if G.is_conditional or needs_fr:
+        from deep3drecon import assets
+
+        bfm = opts.bfm if opts.bfm is not None else config.get("bfm")
+        recon = opts.recon_ckpt if opts.recon_ckpt is not None else config.get("recon_ckpt")
+        if bfm is None or (needs_fr and recon is None):
+            print("Using the built-in synthetic face model / FR: numbers are only meaningful for smoke tests.")
+        opts.bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())
+        if needs_fr:  # the synthetic FR is trained once on first use: only when a metric needs FR
+            recon_path = assets.resolve_recon_checkpoint(recon) if recon is not None else None
+            opts.recon_ckpt = str(recon_path or assets.synthetic_recon_path(progress=opts.verbose))
+        else:
+            opts.recon_ckpt = None
+    if any(spec.needs_real_images for spec in specs) and not opts.random_features:
+        opts.inception = resolve_inception_weights(opts.inception)
+    return opts
+
+
+def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> MetricContext:
+    """Loads G_ema, the dataset and (when resolved) the renderer for rep(p) and FR; returns the MetricContext."""
+    from training.dataset import ImageLabelDataset
+    from training.snapshot import load_network
+
+    G = load_network(opts.network, device=device)
+    dataset = ImageLabelDataset(opts.data)
+    make_rep = reconstructor = None
+    if opts.bfm is not None:
+        from training.face_pipeline import build_reconstructor, build_renderer
+        from training.rep import make_rep as render_rep
+
+        renderer = build_renderer(opts.bfm, opts.render_backend, device)
+        make_rep = lambda p: render_rep(renderer, p, G.img_resolution)
+        if opts.recon_ckpt is not None:
+            backbone = (getattr(G, "snapshot_config", {}) or {}).get("recon_backbone")
+            reconstructor = build_reconstructor(opts.recon_ckpt, device, backbone)
+    if opts.random_features:
+        factory = lambda dev: RandomFeatureExtractor(feature_dim=64, device=dev)
+    else:
+        factory = inception_factory(opts.inception, download=False)
+    return MetricContext(
+        G=G, dataset=dataset, p_bank=dataset.labels, reconstructor=reconstructor, make_rep=make_rep, device=device,
+        rank=rank, num_gpus=opts.gpus, batch_size=opts.batch, cache_dir=opts.cache_dir,
+        feature_extractor_factory=factory, num_workers=opts.workers, seed=opts.seed,
+    )  # fmt: skip
+
+
+def _progress_printer(name: str, enabled: bool):
+    """A (done, total) callback printing this rank's progress at most every 10%."""
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        decile = 10 * done // max(total, 1)
+        if enabled and decile != last[0]:
+            last[0] = decile
+            print(f"  {name}: {done}/{total}", flush=True)
+
+    return report
+
+
+def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
+    """One process: set up torch.distributed (if several GPUs), build the context, compute and report metrics."""
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = False  # metric features in full fp32, as the reference
+        torch.backends.cudnn.allow_tf32 = False
+    if opts.gpus > 1:
+        backend = "nccl" if use_cuda else "gloo"
+        torch.distributed.init_process_group(
+            backend, init_method=f"file://{init_file}", rank=rank, world_size=opts.gpus
+        )
+    ctx = build_context(opts, rank, device)
+    snapshot = os.path.basename(opts.network)
+    for name in opts.metrics:
+        ctx.progress = _progress_printer(name, opts.verbose and rank == 0)
+        result = calc_metric(name, ctx)  # collective: every rank runs it
+        if rank == 0:
+            print(report_metric(result, opts.run_dir, snapshot), flush=True)
+    if opts.gpus > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+@click.command()
+@click.option("--network", "network", required=True, type=click.Path(exists=True, dir_okay=False), help="Snapshot .pt")
+@click.option("--metrics", default="fid50k_full", show_default=True, help="Comma-separated metric names")
+@click.option("--data", type=click.Path(exists=True), help="Dataset zip/folder [default: the snapshot's]")
+@click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1), help="Number of processes/GPUs")
+@click.option(
+    "--bfm", type=click.Path(exists=True, dir_okay=False), help="BFM_model_front.mat [default: the snapshot's]"
+)
+@click.option(
+    "--recon-ckpt", type=click.Path(exists=True, dir_okay=False), help="FR checkpoint [default: the snapshot's]"
+)
+@click.option("--render-backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "nvdiffrast"]))
+@click.option("--batch", default=32, show_default=True, type=click.IntRange(min=1), help="Images per batch per GPU")
+@click.option("--inception", type=click.Path(exists=True, dir_okay=False), help="Local Inception weights (.pth)")
+@click.option("--random-features", is_flag=True, help="Smoke only: random feature net instead of Inception")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Real-statistics cache [default: ~/.cache/...]")
+@click.option("--workers", default=3, show_default=True, type=click.IntRange(min=0), help="Data-loader workers")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of latents/labels/subsets")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Where metric-<name>.jsonl goes [default: see doc]")
+@click.option("--verbose/--quiet", default=True, show_default=True, help="Print options and progress")
+def main(**kwargs: object) -> None:
+    """Compute metrics of a network snapshot and print/append them as JSON lines."""
+    kwargs["metrics"] = [m.strip() for m in str(kwargs["metrics"]).split(",") if m.strip()]
+    opts = MetricsOptions(**kwargs)  # type: ignore[arg-type]
+    try:
+        check_metric_names(opts.metrics)
+        if not opts.metrics:
+            raise UserError("no metrics given (--metrics)")
+        if opts.gpus > 1 and torch.cuda.is_available() and torch.cuda.device_count() < opts.gpus:
+            raise UserError(f"--gpus {opts.gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+        if opts.run_dir is None:  # like stylegan2-ada: log next to the snapshot only inside a run directory
+            folder = os.path.dirname(os.path.abspath(opts.network))
+            opts.run_dir = folder if os.path.isfile(os.path.join(folder, "training_options.json")) else None
+        opts = resolve_options(opts)
+        if opts.verbose:
+            print(json.dumps(dataclasses.asdict(opts), indent=2))
+        if opts.gpus == 1:
+            run_rank(0, opts, None)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.multiprocessing.spawn(run_rank, args=(opts, os.path.join(tmp, "init")), nprocs=opts.gpus)
+    except UserError as e:
+        raise click.ClickException(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

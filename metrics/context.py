@@ -1,0 +1,165 @@
+"""What a metric is given (`MetricContext`) and the machinery every metric shares.
+
+Shared here: splitting work across ranks, float64 sum-reductions over torch.distributed, per-sample
+deterministic latents/labels (the image for a global sample index never depends on batch size or GPU count),
+and running G on labels through the caller's rep(p).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from metrics.features import FeatureExtractorFactory, inception_factory
+from torch_utils.errors import UserError
+
+# Coefficient layout p [N, 257] (Deep3DFaceRecon_pytorch order), mirrored from deep3drecon.face_model.COEFF_SLICES
+# so that the metrics can be tested without the face model; tests check that the two agree.
+COEFF_SLICES: dict[str, slice] = {
+    "id": slice(0, 80),
+    "exp": slice(80, 144),
+    "tex": slice(144, 224),
+    "angle": slice(224, 227),
+    "gamma": slice(227, 254),
+    "trans": slice(254, 257),
+}
+NUM_COEFFS = 257
+
+
+def default_cache_dir() -> str:
+    """Real-image statistics cache: $TAXFREE3DMM_CACHE/gan-metrics, else ~/.cache/taxfree3dmm/gan-metrics."""
+    root = os.environ.get("TAXFREE3DMM_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "taxfree3dmm")
+    return os.path.join(root, "gan-metrics")
+
+
+@dataclass
+class MetricContext:
+    """Everything a metric function needs; built once by the caller (calc_metrics.py or the training loop).
+
+    G: the G_ema module, G(z [N, z_dim], rep [N, 9, R, R] | None, truncation_psi, noise_mode) -> img [N, 3, R, R]
+    in [-1, 1]. dataset: `len`, `[i] -> (uint8 [3, R, R], float32 [257])`, `.name`, optional `.path` (enables the
+    real-statistics cache). p_bank: label vectors p [M, 257] float32 sampled for generated images (the empirical
+    distribution, as the paper trains). reconstructor: FR(img [N, 3, H, W] in [-1, 1]) -> coeffs [N, 257].
+    make_rep: p [N, 257] -> rep [N, 9, R, R] in [-1, 1] at G's resolution. progress: called as (done, total)
+    with this rank's item counts. feature_extractor_factory: device -> FeatureExtractor (default TF Inception).
+    """
+
+    G: torch.nn.Module | None = None
+    dataset: Any = None
+    p_bank: np.ndarray | None = None
+    reconstructor: torch.nn.Module | None = None
+    make_rep: Callable[[torch.Tensor], torch.Tensor] | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    num_gpus: int = 1
+    batch_size: int = 32
+    progress: Callable[[int, int], None] | None = None
+    cache_dir: str | None = None
+    feature_extractor_factory: FeatureExtractorFactory = field(default_factory=inception_factory)
+    num_workers: int = 3
+    seed: int = 0
+
+    def require(self, *names: str) -> None:
+        """Raises UserError if any named field is None (e.g. DS needs `reconstructor`)."""
+        missing = [name for name in names if getattr(self, name) is None]
+        if missing:
+            raise UserError(f"this metric needs {', '.join(missing)} in the MetricContext")
+
+    def report(self, done: int, total: int) -> None:
+        """Forwards progress (this rank's items done / total) to the callback, if any."""
+        if self.progress is not None:
+            self.progress(done, total)
+
+
+def rank_indices(num_items: int, rank: int, num_gpus: int) -> np.ndarray:
+    """Global item indices handled by `rank`: i = rank, rank + num_gpus, ... (interleaved, as the reference)."""
+    return np.arange(rank, num_items, num_gpus, dtype=np.int64)
+
+
+def batches(indices: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Splits an index array into consecutive chunks of at most `batch_size`."""
+    return [indices[i : i + batch_size] for i in range(0, len(indices), max(1, batch_size))]
+
+
+def distributed_active() -> bool:
+    """True when torch.distributed is initialised with more than one process."""
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU tensors."""
+    return device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sum(array: np.ndarray, device: torch.device) -> np.ndarray:
+    """Sums a float64 array over ranks (identity when not distributed). Every rank must call it (symmetric)."""
+    if not distributed_active():
+        return array
+    t = torch.as_tensor(np.ascontiguousarray(array, dtype=np.float64), device=_collective_device(device))
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t.cpu().numpy()
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's boolean on every rank (so all ranks take the same branch around collectives)."""
+    if not distributed_active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=_collective_device(device))
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item() > 0.5)
+
+
+def all_gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
+    """Concatenates per-rank arrays [n_r, D] (n_r may differ) in rank order; identity when not distributed."""
+    if not distributed_active():
+        return rows
+    cdev = _collective_device(device)
+    counts = [torch.zeros(1, dtype=torch.int64, device=cdev) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(counts, torch.tensor([len(rows)], dtype=torch.int64, device=cdev))
+    counts_list = [int(c.item()) for c in counts]
+    padded = np.zeros((max(counts_list), *rows.shape[1:]), dtype=rows.dtype)
+    padded[: len(rows)] = rows
+    local = torch.as_tensor(padded, device=cdev)
+    gathered = [torch.empty_like(local) for _ in counts_list]
+    torch.distributed.all_gather(gathered, local)
+    return np.concatenate([g[:n].cpu().numpy() for g, n in zip(gathered, counts_list)])
+
+
+def sample_latents_and_labels(
+    indices: Sequence[int], z_dim: int, num_labels: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample RNG keyed by (seed, global index): z [N, z_dim] float32 ~ N(0, I) and label rows [N] int64.
+
+    Keying by the global index makes sample i identical for any batch size and any number of GPUs.
+    """
+    z = np.empty((len(indices), z_dim), dtype=np.float32)
+    label_idx = np.zeros(len(indices), dtype=np.int64)
+    for row, i in enumerate(indices):
+        rng = np.random.default_rng([seed, int(i)])
+        z[row] = rng.standard_normal(z_dim)
+        if num_labels > 0:
+            label_idx[row] = rng.integers(num_labels)
+    return z, label_idx
+
+
+@torch.no_grad()
+def run_generator(ctx: MetricContext, z: np.ndarray, p: np.ndarray | None, noise_mode: str = "random") -> torch.Tensor:
+    """G(z, rep(p)) without truncation: z [N, z_dim], p [N, 257] (ignored if G is unconditional) -> img [N, 3, R, R]."""
+    ctx.require("G")
+    rep = None
+    if getattr(ctx.G, "is_conditional", False):
+        ctx.require("make_rep")
+        if p is None:
+            raise UserError("a conditional generator needs label vectors p (MetricContext.p_bank)")
+        rep = ctx.make_rep(torch.as_tensor(p, dtype=torch.float32, device=ctx.device))
+    z_t = torch.as_tensor(z, dtype=torch.float32, device=ctx.device)
+    return ctx.G(z_t, rep=rep, truncation_psi=1, noise_mode=noise_mode)

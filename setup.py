@@ -1,0 +1,26 @@
+"""Installs taxfree3dmm: 3DMM-conditioned StyleGAN2 face generation without the quality tax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="taxfree3dmm",
+    version="0.1.0",
+    description="3DMM-conditioned face GANs without the quality tax (arXiv 2305.13460), in PyTorch",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["torch_utils*", "training*", "deep3drecon*", "metrics*"]),
+    package_data={"torch_utils.ops": ["*.cpp", "*.cu", "*.h"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "click>=8.0",
+        "pillow>=9.5",
+        "tensorboard>=2.12",
+        "ninja>=1.11",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+    ],
+    extras_require={"dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"]},
+)

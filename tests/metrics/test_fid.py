@@ -1,0 +1,147 @@
+"""FID: closed forms, streamed statistics vs one-shot numpy, the generator/real pipelines and the real-stats cache."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from metrics.context import sample_latents_and_labels
+from metrics.feature_stats import FeatureStats, compute_generator_stats, compute_real_stats, dataset_fingerprint
+from metrics.features import images_to_uint8
+from metrics.fid import compute_fid, frechet_distance
+
+
+def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
+    a = rng.standard_normal((d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
+    mu, cov = x.mean(0), np.cov(x, rowvar=False)
+    assert abs(frechet_distance(mu, cov, mu, cov)) < 1e-8
+
+
+def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    s1, s2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_matches_commuting_full_covariances():
+    # Same eigenvectors: sqrt(S1 S2) = Q sqrt(l1 l2) Q^T, so FID = |dmu|^2 + sum (l1 + l2 - 2 sqrt(l1 l2)).
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    l1, l2 = rng.uniform(0.2, 2, 4), rng.uniform(0.2, 2, 4)
+    mu1, mu2 = rng.standard_normal(4), rng.standard_normal(4)
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum(l1 + l2 - 2 * np.sqrt(l1 * l2))
+    got = frechet_distance(mu1, q @ np.diag(l1) @ q.T, mu2, q @ np.diag(l2) @ q.T)
+    assert got == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_distance_handles_singular_covariances():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 6))  # 3 samples in 6-D: rank-deficient covariance
+    mu, cov = x.mean(0), np.cov(x, rowvar=False)
+    value = frechet_distance(mu, cov, mu + 1, cov)
+    assert np.isfinite(value) and value == pytest.approx(6.0, abs=1e-2)
+
+
+def test_streamed_stats_equal_one_shot_numpy_for_any_batching_and_rank_split():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((103, 7)) * rng.uniform(0.5, 3, 7) + 5.0
+    stats = FeatureStats(7, capture_all=True)
+    for chunk in np.array_split(x, 9):
+        stats.append(torch.as_tensor(chunk, dtype=torch.float64))
+    mu, cov = stats.mean_cov()
+    np.testing.assert_allclose(mu, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(cov, np.cov(x, rowvar=False), rtol=1e-10, atol=1e-12)
+    # Simulated ranks: each takes an interleaved share, the merged moments are the same.
+    ranks = [FeatureStats(7) for _ in range(3)]
+    for r, part in enumerate(ranks):
+        part.append(x[r::3])
+    merged = ranks[0].merge(ranks[1]).merge(ranks[2])
+    np.testing.assert_allclose(merged.mean_cov()[1], cov, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(stats.features(), x.astype(np.float32))
+
+
+def test_stats_save_load_round_trip(tmp_path):
+    stats = FeatureStats(3, capture_all=True)
+    stats.append(np.arange(12.0).reshape(4, 3) ** 1.5)
+    stats.save(str(tmp_path / "s.npz"))
+    back = FeatureStats.load(str(tmp_path / "s.npz"), capture_all=True)
+    assert back.n == 4
+    np.testing.assert_array_equal(back.s2, stats.s2)
+    np.testing.assert_array_equal(back.features(), stats.features())
+
+
+def test_real_stats_equal_direct_extraction_and_split_across_ranks(make_ctx):
+    ctx = make_ctx(num_images=21)
+    extractor = ctx.feature_extractor_factory(ctx.device)
+    images = torch.as_tensor(np.stack([ctx.dataset[i][0] for i in range(len(ctx.dataset))]))
+    feats = extractor(images).numpy()
+    mu, cov = compute_real_stats(ctx, extractor).mean_cov()
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(cov, np.cov(feats, rowvar=False), rtol=1e-8, atol=1e-14)
+    parts = [compute_real_stats(make_ctx(num_images=21, rank=r, num_gpus=2), extractor) for r in range(2)]
+    assert [p.n for p in parts] == [11, 10]
+    np.testing.assert_allclose(parts[0].merge(parts[1]).mean_cov()[1], cov, rtol=1e-8, atol=1e-14)
+
+
+def test_generator_stats_match_per_sample_generation_for_any_batch_size_and_rank_split(make_ctx, standins):
+    ctx = make_ctx(batch_size=5)
+    extractor = ctx.feature_extractor_factory(ctx.device)
+    z, idx = sample_latents_and_labels(range(13), ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
+    img = ctx.G(torch.as_tensor(z), rep=standins["make_rep"](torch.as_tensor(ctx.p_bank[idx])))
+    feats = extractor(images_to_uint8(img)).numpy()
+    stats = compute_generator_stats(ctx, extractor, 13)
+    np.testing.assert_allclose(stats.s1 / stats.n, feats.mean(0), rtol=1e-10)
+    parts = [compute_generator_stats(make_ctx(batch_size=3, rank=r, num_gpus=3), extractor, 13) for r in range(3)]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    # Features themselves are float32 (the conv's rounding depends on the batch), hence the looser tolerance.
+    np.testing.assert_allclose(merged.mean_cov()[1], np.cov(feats, rowvar=False), rtol=1e-5, atol=1e-10)
+
+
+def test_compute_fid_equals_frechet_distance_of_the_two_feature_sets(make_ctx):
+    ctx = make_ctx(num_images=30)
+    extractor = ctx.feature_extractor_factory(ctx.device)
+    real = compute_real_stats(ctx, extractor).mean_cov()
+    gen = compute_generator_stats(ctx, extractor, 24).mean_cov()
+    assert compute_fid(ctx, num_gen=24)["fid"] == pytest.approx(frechet_distance(*gen, *real), rel=1e-9)
+
+
+def test_real_stats_are_cached_by_dataset_fingerprint(make_ctx, tmp_path):
+    data_file = tmp_path / "data.zip"
+    data_file.write_bytes(b"x" * 10)
+    ctx = make_ctx(num_images=12)
+    ctx.dataset.path = str(data_file)
+    extractor = ctx.feature_extractor_factory(ctx.device)
+    first = compute_real_stats(ctx, extractor)
+    assert len(os.listdir(ctx.cache_dir)) == 1
+    ctx.dataset.images = ctx.dataset.images[::-1] // 2  # same file: the cached statistics must be reused
+    np.testing.assert_array_equal(compute_real_stats(ctx, extractor).s2, first.s2)
+    old = dataset_fingerprint(ctx.dataset)
+    data_file.write_bytes(b"y" * 11)  # the dataset file changed: new key, statistics recomputed
+    assert dataset_fingerprint(ctx.dataset) != old
+    assert not np.array_equal(compute_real_stats(ctx, extractor).s2, first.s2)
+    assert len(os.listdir(ctx.cache_dir)) == 2
+
+
+def test_folder_fingerprint_follows_file_listing(tmp_path):
+    class Folder:
+        path = str(tmp_path)
+
+        def __len__(self):
+            return 2
+
+    (tmp_path / "a.png").write_bytes(b"1")
+    before = dataset_fingerprint(Folder())
+    (tmp_path / "b.png").write_bytes(b"2")
+    assert dataset_fingerprint(Folder()) != before
+    assert dataset_fingerprint(object()) is None

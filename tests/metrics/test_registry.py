@@ -1,0 +1,42 @@
+"""Registry: names, unknown-name errors, result records and the metric JSONL log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metrics.registry import calc_metric, get_metric, is_valid_metric, list_metrics, report_metric
+from torch_utils.errors import UserError
+
+
+def test_registry_lists_full_and_smoke_metrics():
+    names = list_metrics()
+    for name in ("fid50k_full", "kid50k_full", "ds10k", "cons10k", "fid1k", "kid1k", "ds100", "cons1k"):
+        assert name in names and is_valid_metric(name)
+    assert get_metric("ds10k").needs_reconstructor and get_metric("fid50k_full").needs_real_images
+
+
+def test_unknown_metric_is_a_clear_user_error():
+    with pytest.raises(UserError, match="unknown metric 'fid_typo'.*fid50k_full"):
+        get_metric("fid_typo")
+    assert not is_valid_metric("fid_typo")
+
+
+def test_calc_and_report_write_one_json_line_per_call(make_ctx, tmp_path):
+    ctx = make_ctx(num_images=24, batch_size=50)
+    result = calc_metric("ds100", ctx)
+    assert result["metric"] == "ds100" and result["num_gpus"] == 1 and result["total_time"] >= 0
+    assert {"ds_id", "ds_exp", "ds_illum", "ds_angle"} <= set(result["results"])
+    run_dir = tmp_path / "run"
+    line = report_metric(result, str(run_dir), "network-snapshot-000100.pt")
+    report_metric(result, str(run_dir), "network-snapshot-000200.pt")
+    lines = (run_dir / "metric-ds100.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0]) == json.loads(line)
+    record = json.loads(lines[1])
+    assert record["snapshot"] == "network-snapshot-000200.pt" and record["results"] == result["results"]
+
+
+def test_smoke_fid_runs_end_to_end(make_ctx):
+    result = calc_metric("fid1k", make_ctx(num_images=30, batch_size=250))
+    assert result["results"]["fid"] > 0

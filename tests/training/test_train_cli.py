@@ -1,0 +1,62 @@
+"""train.py validates before any work: one clear line for bad input, a resolved config under --dry-run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import write_image_dataset
+from train import main
+from training.config import TrainConfig, load_preset, resolve_config
+
+
+@pytest.fixture()
+def data(tmp_path):
+    path = str(tmp_path / "d.zip")
+    write_image_dataset(path, num=4, resolution=8)
+    return path
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cfg", "nope"], "unknown preset 'nope'; choose one of: paper256, smoke"),
+        (["--data", "/does/not/exist.zip", "--no-cond"], "--data path does not exist"),
+        (["--gpus", "3", "--batch", "64", "--no-cond", "--data", "{data}"], "--batch=64 must be a positive multiple"),
+        (["--batch-gpu", "3", "--no-cond", "--data", "{data}"], "--batch-gpu=3 must divide the per-GPU batch 64"),
+        (["--data", "{data}"], "the conditional method needs --bfm"),
+        (["--resume", "latest", "--outdir", "{tmp}"], "no run in"),
+        (["--gamma", "-1"], "-1"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, data, tmp_path):
+    args = [a.format(data=data, tmp=tmp_path) for a in args]
+    result = invoke(*args)
+    assert result.exit_code != 0
+    assert message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_dry_run_prints_resolved_config(data, tmp_path):
+    result = invoke("--cfg", "paper256", "--data", data, "--no-cond", "--gamma", "2", "--outdir", str(tmp_path), "-n")
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output[: result.output.index("Output directory")])
+    assert config["gamma"] == 2 and config["cond"] is False and config["resolution"] == 8
+    assert config["map_layers"] == 2 and config["z_dim"] == 64 and config["mbstd_group"] == 8  # paper appendix A
+    assert "00000-paper256-d-gpus1-batch64-gamma2-nocond" in result.output
+    assert not list(tmp_path.glob("0*"))  # dry run creates nothing
+
+
+def test_presets_hold_the_paper_settings():
+    c = resolve_config("paper256", {"data": None, "builtin_data": {"count": 1, "resolution": 8}})
+    assert (c.batch, c.glr, c.dlr, c.gamma, c.lambda_cons, c.blend_kimg, c.kimg) == (64, 0.0025, 0.0025, 1.0, 20.0,
+                                                                                      2000.0, 25000)
+    assert (c.z_dim, c.map_layers, c.style_mixing_prob, c.mbstd_group, c.channel_base) == (64, 2, 0.0, 8, 16384)
+    for name in ("paper256", "smoke"):
+        TrainConfig.from_dict(dict(TrainConfig().to_dict(), **load_preset(name)))  # no unknown keys

@@ -1,0 +1,108 @@
+"""Process-group helpers: one code path for 1 process, `train.py --gpus N` (spawned) and `torchrun` (multi-node).
+
+Collectives here are symmetric: every rank must call them in the same order (never inside a rank-0-only branch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    """True when a torch.distributed process group is active."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Global rank of this process (0 without a process group)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the job (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or another env:// launcher) set RANK/WORLD_SIZE for this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def init_process_group(rank: int, world_size: int, device: torch.device, init_method: str | None) -> None:
+    """Join the process group: NCCL on CUDA, gloo on CPU. init_method None means env:// (torchrun)."""
+    if world_size <= 1 and init_method is None and not launched_by_torchrun():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if init_method is None:
+        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    else:
+        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+
+
+def shutdown() -> None:
+    """Leave the process group if one is active."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for all ranks (no-op without a process group)."""
+    if is_initialized():
+        dist.barrier()
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s parameters and buffers to every rank so all replicas start identical."""
+    if not is_initialized():
+        return
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(tensor.data, src=src)
+
+
+@torch.no_grad()
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Average .grad over ranks exactly (one flat all-reduce) and sanitise NaN/Inf like StyleGAN2."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.flatten() for p in params])
+    if is_initialized() and get_world_size() > 1:
+        dist.all_reduce(flat)
+        flat /= get_world_size()
+    # A single overflow in fp16 layers must not poison Adam's moments.
+    torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5, out=flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+@torch.no_grad()
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place and return it (identity without a process group)."""
+    if is_initialized() and get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+@torch.no_grad()
+def max_param_divergence(module: torch.nn.Module, ignore_suffixes: tuple[str, ...] = ("w_avg",)) -> float:
+    """Largest |param_rank - param_rank0| over all ranks (0.0 means replicas are identical)."""
+    worst = torch.zeros([], dtype=torch.float64)
+    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+        if name.endswith(ignore_suffixes) or not tensor.is_floating_point():
+            continue
+        ref = tensor.detach().clone()
+        if is_initialized():
+            dist.broadcast(ref, src=0)
+        worst = torch.maximum(worst, (tensor.detach() - ref).abs().max().double().cpu())
+    if is_initialized():
+        worst = worst.to(next(module.parameters()).device)
+        dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return float(worst)

@@ -1,0 +1,202 @@
+"""Train a 3DMM-conditioned StyleGAN2 (the paper's method) or the unconditional baseline.
+
+Examples:
+  python train.py --cfg smoke --outdir runs                       # CPU, built-in synthetic world, minutes
+  python train.py --cfg paper256 --data ffhq256-3dmm.zip --bfm BFM/BFM_model_front.mat \\
+      --recon-ckpt checkpoints/epoch_20.pth --gpus 8 --outdir runs   # the paper's FFHQ-256 run
+  python train.py --resume latest --outdir runs                   # continue the newest run where it stopped
+  torchrun --nnodes 2 --nproc-per-node 8 ... train.py --cfg paper256 ...   # several nodes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+
+import click
+import torch
+
+from torch_utils import distributed
+from torch_utils.errors import UserError
+from training import snapshot
+from training.config import TrainConfig, resolve_config
+
+# Flags that may change when a run is resumed; everything else comes from the saved config.
+RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
+
+
+class _Tee:
+    """Copies everything written to a stream into log.txt as well."""
+
+    def __init__(self, stream, log_file) -> None:
+        self.stream, self.log_file = stream, log_file
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self.log_file.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log_file.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def pick_device(c: TrainConfig, local_rank: int) -> torch.device:
+    """cuda:<local_rank> when CUDA is available (or required), else cpu."""
+    if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was requested but CUDA is not available")
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"--gpus {c.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def next_run_dir(outdir: str, desc: str) -> str:
+    """outdir/<00000>-<desc> with the next free number."""
+    os.makedirs(outdir, exist_ok=True)
+    ids = [int(m.group(1)) for d in os.listdir(outdir) if (m := re.match(r"^(\d+)-", d))]
+    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
+
+
+def prepare_assets(c: TrainConfig) -> TrainConfig:
+    """Fill in built-in data and face assets (building them once, with progress) and open the dataset to check it."""
+    from training.dataset import ImageLabelDataset
+
+    if c.data is None and c.builtin_data is not None:
+        from training.builtin_data import builtin_dataset_path
+
+        c.data = builtin_dataset_path(**c.builtin_data)
+    dataset = ImageLabelDataset(c.data, resolution=c.resolution)
+    c.resolution = dataset.resolution
+    if c.cond:
+        if dataset.label_dim != 257:
+            raise UserError(f"{c.data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
+                            "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")
+        from training.face_pipeline import resolve_face_assets
+
+        c.bfm, c.recon_ckpt = resolve_face_assets(c.bfm, c.recon_ckpt)
+    dataset.close()
+    return c
+
+
+def run_worker(rank: int, c: TrainConfig, run_dir: str, resume_state: str | None, init_method: str | None) -> None:
+    """Entry point of one training process (rank); all ranks run the same loop."""
+    from training.training_loop import training_loop
+
+    world_size = c.gpus
+    if init_method is None and distributed.launched_by_torchrun():
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    else:
+        local_rank = rank
+    device = pick_device(c, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    distributed.init_process_group(rank, world_size, device, init_method)
+    if rank == 0:
+        log = open(os.path.join(run_dir, "log.txt"), "a")
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+    else:
+        sys.stdout = open(os.devnull, "w")  # only rank 0 talks; errors still reach stderr
+    try:
+        training_loop(c, run_dir, device, rank=rank, world_size=world_size, resume_state=resume_state)
+    finally:
+        distributed.shutdown()
+
+
+def launch(c: TrainConfig, run_dir: str, resume_state: str | None) -> None:
+    """Run in this process (1 GPU / CPU / under torchrun) or spawn c.gpus processes."""
+    if distributed.launched_by_torchrun():
+        c.gpus = int(os.environ["WORLD_SIZE"])
+        run_worker(int(os.environ["RANK"]), c, run_dir, resume_state, None)
+    elif c.gpus == 1:
+        run_worker(0, c, run_dir, resume_state, None)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            init_method = f"file://{os.path.abspath(os.path.join(tmp, '.torch_distributed_init'))}"
+            torch.multiprocessing.spawn(run_worker, args=(c, run_dir, resume_state, init_method), nprocs=c.gpus)
+
+
+@click.command(context_settings={"show_default": True, "max_content_width": 120})
+@click.option("--outdir", help="Where run directories are made", default="training-runs", type=str)
+@click.option("--cfg", help="Preset name from configs/ or a JSON file of the same form", default="paper256", type=str)
+@click.option("--data", help="Dataset zip or folder (dataset_tool.py); smoke has built-in data", type=str)
+@click.option("--gpus", help="Processes / GPUs on this node", type=click.IntRange(min=1))
+@click.option("--batch", help="Total batch size [preset]", type=click.IntRange(min=1))
+@click.option("--batch-gpu", help="Images per forward pass per GPU (gradient accumulation below batch/gpus)",
+              type=click.IntRange(min=1))
+@click.option("--gamma", help="R1 weight [preset]", type=click.FloatRange(min=0))
+@click.option("--kimg", help="Training length in thousands of real images [preset]", type=click.FloatRange(min=0))
+@click.option("--tick", "tick_kimg", help="Progress line every this many kimg [preset]", type=click.FloatRange(min=0))
+@click.option("--snap", help="Snapshot every this many ticks [preset]", type=click.IntRange(min=1))
+@click.option("--seed", help="Random seed", type=int)
+@click.option("--workers", help="Data-loader worker processes per GPU", type=click.IntRange(min=0))
+@click.option("--glr", help="G learning rate [preset]", type=click.FloatRange(min=0))
+@click.option("--dlr", help="D learning rate [preset]", type=click.FloatRange(min=0))
+@click.option("--mbstd-group", "mbstd_group", help="Minibatch-stddev group size [preset]", type=click.IntRange(min=1))
+@click.option("--cond/--no-cond", default=None, help="3DMM-conditioned method / unconditional baseline [preset]")
+@click.option("--lambda-cons", "lambda_cons", help="Consistency loss weight (eq. 13) [preset]", type=float)
+@click.option("--blend-kimg", "blend_kimg", help="Progressive blending length in kimg (eq. 6) [preset]", type=float)
+@click.option("--bfm", help="BFM_model_front.mat (default for smoke: the built-in synthetic face model)", type=str)
+@click.option("--recon-ckpt", "recon_ckpt", help="Deep3DFaceRecon epoch_20.pth (smoke: synthetic FR)", type=str)
+@click.option("--render-backend", "render_backend", type=click.Choice(["auto", "torch", "nvdiffrast"]))
+@click.option("--metrics", help="Comma-separated metrics at each snapshot, or 'none'", type=str)
+@click.option("--resume", help="Continue a run: training-state .pt, run directory, or 'latest'", type=str)
+@click.option("--desc", help="Extra text in the run directory name", type=str)
+@click.option("--device", help="auto | cuda | cpu", type=click.Choice(["auto", "cuda", "cpu"]))
+@click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and exit")
+def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
+    """Train the 3DMM-conditioned generator (or the --no-cond baseline) from a preset plus overrides."""
+    try:
+        if flags.get("metrics") is not None:
+            flags["metrics"] = [] if flags["metrics"] == "none" else [m for m in flags["metrics"].split(",") if m]
+        outdir, desc = flags.pop("outdir"), flags.pop("desc")
+        resume_state = None
+        if resume is not None:
+            resume_state = snapshot.resolve_resume(resume, outdir)
+            saved = snapshot.safe_load(resume_state)
+            if saved.get("format") != snapshot.STATE_FORMAT:
+                raise UserError(f"--resume needs a training-state-*.pt, not a network snapshot: {resume_state}")
+            c = TrainConfig.from_dict(saved["config"])
+            for key in RESUME_OVERRIDABLE:
+                if flags.get(key) is not None:
+                    setattr(c, key, flags[key])
+            run_dir = os.path.dirname(os.path.abspath(resume_state))
+        else:
+            c = resolve_config(cfg, flags)
+            c.outdir = outdir
+            c = prepare_assets(c)
+            data_name = os.path.splitext(os.path.basename(c.data.rstrip("/")))[0]
+            parts = [c.cfg, data_name, f"gpus{c.gpus}", f"batch{c.batch}", f"gamma{c.gamma:g}"]
+            parts += ["nocond"] if not c.cond else []
+            parts += [desc] if desc else []
+            run_dir = next_run_dir(outdir, "-".join(parts))
+            c.desc = desc
+        if c.metrics:
+            from metrics.registry import check_metric_names
+
+            check_metric_names(c.metrics)
+    except UserError as e:
+        raise click.ClickException(str(e)) from None
+
+    print(json.dumps(c.to_dict(), indent=2))
+    print(f"Output directory: {run_dir}")
+    if dry_run:
+        print("Dry run; exiting.")
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    if resume_state is None:
+        with open(os.path.join(run_dir, "training_options.json"), "w") as f:
+            json.dump(c.to_dict(), f, indent=2)
+    launch(c, run_dir, resume_state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The resolved, typed training configuration: presets (configs/*.json) overridden by the flags a user gave."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from torch_utils.errors import UserError
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of a training run; written to training_options.json and stored in each snapshot."""
+
+    # Run and data.
+    cfg: str = "paper256"
+    data: str | None = None                # dataset zip/folder; None = the preset's built-in data (smoke only)
+    resolution: int | None = None          # None = the dataset's resolution
+    builtin_data: dict | None = None       # smoke: {"count", "resolution", "seed"} of the synthetic data set
+    outdir: str = "training-runs"
+    desc: str | None = None
+    gpus: int = 1
+    batch: int = 64                        # total images per iteration over all GPUs
+    batch_gpu: int | None = None           # images per forward pass per GPU; None = batch / gpus
+    kimg: float = 25000                    # thousands of real images shown to D
+    tick_kimg: float = 4
+    snap: int = 50                         # ticks between snapshots (and image grids / metrics)
+    seed: int = 0
+    workers: int = 3
+    xflip: bool = False                    # off: mirroring images would contradict their 3DMM labels
+    metrics: list[str] = dataclasses.field(default_factory=list)
+    resume: str | None = None
+    device: str = "auto"                   # auto | cuda | cpu
+    # Backbone (paper appendix A: StyleGAN2 paper256 with mapping depth 2, z_dim 64).
+    z_dim: int = 64
+    w_dim: int = 512
+    map_layers: int = 2
+    channel_base: int = 16384
+    channel_max: int = 512
+    num_fp16_res: int = 4
+    conv_clamp: int | None = 256
+    mbstd_group: int = 8
+    # Optimisation.
+    glr: float = 0.0025
+    dlr: float = 0.0025
+    gamma: float = 1.0                     # R1 weight
+    d_reg_interval: int = 16               # lazy R1
+    ema_kimg: float = 20.0
+    ema_rampup: float | None = None
+    style_mixing_prob: float = 0.0         # the paper turns style mixing off
+    # The method (section 2.2-2.3).
+    cond: bool = True                      # False = the unconditional StyleGAN2 baseline, same code
+    enc_channel_base: int = 4096
+    enc_channel_max: int = 256
+    enc_feat_channels: int = 32            # channels of each injected feature map c_i
+    lambda_cons: float = 20.0              # eq. 5 weight of the consistency loss
+    blend_kimg: float = 2000.0             # eq. 6: alpha rises linearly 0 -> 1 over this many kimg
+    bfm: str | None = None                 # BFM_model_front.mat; None = the built-in synthetic face model
+    recon_ckpt: str | None = None          # Deep3DFaceRecon epoch_20.pth; None = the synthetic FR (smoke)
+    recon_backbone: str | None = None      # None = inferred from the checkpoint
+    render_backend: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (for training_options.json and snapshots)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Rebuild from to_dict() output; unknown keys are an error (they signal a typo or a version skew)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def list_presets() -> list[str]:
+    """Names of the presets in configs/."""
+    return sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's overrides as a dict; unknown names give the list of valid ones."""
+    # A preset is a name in configs/ or the path of a JSON file in the same format (for your own presets).
+    path = name if name.endswith(".json") else os.path.join(CONFIG_DIR, f"{name}.json")
+    if not os.path.isfile(path):
+        raise UserError(f"unknown preset '{name}'; choose one of: {', '.join(list_presets())}")
+    with open(path) as f:
+        values = json.load(f)
+    values.pop("_comment", None)
+    return values
+
+
+def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults <- preset <- user flags (only those not None), then validated."""
+    values = TrainConfig().to_dict()
+    values.update(load_preset(cfg))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["cfg"] = os.path.splitext(os.path.basename(cfg))[0]
+    config = TrainConfig.from_dict(values)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """Checks that need no data or GPU; each failure is one clear line."""
+    if c.gpus < 1:
+        raise UserError("--gpus must be at least 1")
+    if c.batch < 1 or c.batch % c.gpus != 0:
+        raise UserError(f"--batch={c.batch} must be a positive multiple of --gpus={c.gpus}")
+    per_gpu = c.batch // c.gpus
+    batch_gpu = c.batch_gpu or per_gpu
+    if batch_gpu < 1 or per_gpu % batch_gpu != 0:
+        raise UserError(f"--batch-gpu={batch_gpu} must divide the per-GPU batch {per_gpu} (= batch / gpus)")
+    if batch_gpu % min(c.mbstd_group, batch_gpu) != 0:
+        raise UserError(f"--batch-gpu={batch_gpu} must be divisible by the minibatch-stddev group {c.mbstd_group}")
+    if c.kimg <= 0 or c.tick_kimg <= 0 or c.snap < 1:
+        raise UserError("--kimg and --tick must be positive and --snap at least 1")
+    if c.gamma < 0 or c.lambda_cons < 0 or c.blend_kimg < 0:
+        raise UserError("--gamma, --lambda-cons and --blend-kimg must be non-negative")
+    if c.render_backend not in ("auto", "torch", "nvdiffrast"):
+        raise UserError(f"--render-backend must be auto, torch or nvdiffrast, not '{c.render_backend}'")
+    if c.device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"--device must be auto, cuda or cpu, not '{c.device}'")
+    if c.data is None and c.builtin_data is None:
+        raise UserError(f"preset '{c.cfg}' needs --data (a dataset zip or folder made by dataset_tool.py)")
+    if c.cond and c.data is not None and (c.bfm is None or c.recon_ckpt is None) and c.builtin_data is None:
+        raise UserError("the conditional method needs --bfm (BFM_model_front.mat) and --recon-ckpt "
+                        "(Deep3DFaceRecon epoch_20.pth); use --no-cond for the unconditional baseline")
+    for path, flag in ((c.data, "--data"), (c.bfm, "--bfm"), (c.recon_ckpt, "--recon-ckpt")):
+        if path is not None and not os.path.exists(path):
+            raise UserError(f"{flag} path does not exist: {path}")

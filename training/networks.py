@@ -1,0 +1,575 @@
+"""StyleGAN2 generator and discriminator with the per-layer 3DMM feature seam of the paper (eq. 7).
+
+Layout, initialisation and state-dict key names follow StyleGAN2 (ADA-PyTorch `paper256`), so that readers and
+weight converters recognise them: `mapping.fc0.weight`, `synthesis.b4.const`, `synthesis.b8.conv0.affine.weight`,
+`b256.fromrgb.weight`, `b4.fc.weight`, ... Images are float32 NCHW in [-1, 1] (nominal; no final tanh/clamp).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from torch_utils.errors import UserError
+from torch_utils.ops import bias_act, conv2d_resample, modulated_conv, upfirdn2d
+
+FIR_FILTER = [1, 3, 3, 1]  # the paper's "bilinear resampling" (StyleGAN2's [1,3,3,1] FIR)
+
+
+def fir_filter() -> torch.Tensor:
+    """The [1,3,3,1] resampling filter as a [4, 4] buffer on the default device (so `with torch.device(...)` works)."""
+    device = torch.get_default_device()
+    with torch.device("cpu"):  # build on CPU even under a meta-device context (cheap; no meta decompositions)
+        return upfirdn2d.setup_filter(FIR_FILTER, device=device)
+
+
+def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Scale each sample of x [N, C] to unit mean square along `dim`."""
+    return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
+
+
+def channels_at(res: int, channel_base: int, channel_max: int) -> int:
+    """StyleGAN2's width rule: min(channel_base // res, channel_max) channels at resolution res."""
+    if channel_base < res:
+        raise UserError(f"channel_base {channel_base} gives no channels at resolution {res}; use >= {res}")
+    return min(channel_base // res, channel_max)
+
+
+def block_resolutions(img_resolution: int) -> list[int]:
+    """[4, 8, ..., img_resolution]; raises UserError unless img_resolution is a power of two >= 4."""
+    if img_resolution < 4 or img_resolution & (img_resolution - 1):
+        raise UserError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
+    return [2**i for i in range(2, int(math.log2(img_resolution)) + 1)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Equalized-learning-rate primitives.
+
+
+class FullyConnectedLayer(nn.Module):
+    """Equalized-lr linear layer: x [N, in_features] -> [N, out_features], weight stored N(0,1)/lr_multiplier."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activation: str = "linear",
+        lr_multiplier: float = 1.0,
+        bias_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        # Runtime gains keep the effective init at He scale while Adam sees O(1) parameters (equalized lr).
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
+        if self.activation == "linear" and b is not None:
+            return torch.addmm(b.unsqueeze(0), x, w.t())
+        return bias_act.bias_act(x.matmul(w.t()), b, act=self.activation)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+
+
+class Conv2dLayer(nn.Module):
+    """Equalized-lr conv with optional FIR up/down-sampling: x [N, in, H, W] -> [N, out, H*up/down, W*up/down]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        activation: str = "linear",
+        up: int = 1,
+        down: int = 1,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
+        self.up, self.down, self.conv_clamp = up, down, conv_clamp
+        self.register_buffer("resample_filter", fir_filter())
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
+        self.act_gain = bias_act.activation_funcs[activation].def_gain
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
+
+    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+        w = self.weight * self.weight_gain
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        x = conv2d_resample.conv2d_resample(
+            x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
+            flip_weight=(self.up == 1),  # correlation when not upsampling (slightly faster), as StyleGAN2
+        )  # fmt: skip
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act.bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, out_channels={self.out_channels}, activation={self.activation}, "
+            f"up={self.up}, down={self.down}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generator.
+
+
+class MappingNetwork(nn.Module):
+    """z [N, z_dim] (any scale; normalised by its 2nd moment) -> ws [N, num_ws, w_dim], all rows equal."""
+
+    def __init__(
+        self,
+        z_dim: int,
+        w_dim: int,
+        num_ws: int,
+        num_layers: int = 2,
+        lr_multiplier: float = 0.01,
+        w_avg_beta: float = 0.995,
+    ) -> None:
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
+        self.w_avg_beta = w_avg_beta
+        for i in range(num_layers):
+            in_features = z_dim if i == 0 else w_dim
+            layer = FullyConnectedLayer(in_features, w_dim, activation="lrelu", lr_multiplier=lr_multiplier)
+            setattr(self, f"fc{i}", layer)
+        self.register_buffer("w_avg", torch.zeros([w_dim]))
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+    ) -> torch.Tensor:
+        x = normalize_2nd_moment(z.to(self.w_avg.dtype))  # float32 unless the module was cast
+        for i in range(self.num_layers):
+            x = getattr(self, f"fc{i}")(x)
+        if update_emas:  # only the caller decides when w_avg moves (SG3 convention: the D-on-fakes pass)
+            self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        ws = x.unsqueeze(1).repeat([1, self.num_ws, 1])
+        if truncation_psi != 1:
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            ws[:, :cutoff] = self.w_avg.lerp(ws[:, :cutoff], truncation_psi)
+        return ws
+
+    def extra_repr(self) -> str:
+        return f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, num_layers={self.num_layers}"
+
+
+class SynthesisLayer(nn.Module):
+    """Modulated conv + noise + lrelu: x [N, in, q, q], w [N, w_dim], feat [N, F, q, q] -> [N, out, r, r], q = r/up.
+
+    The 3DMM seam (paper eq. 7): feat (F = feat_channels auxiliary maps) is concatenated to the input before the
+    modulated conv and its channels get style exactly 1, independent of w; demodulation runs over the whole weight.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        kernel_size: int = 3,
+        up: int = 1,
+        use_noise: bool = True,
+        activation: str = "lrelu",
+        conv_clamp: float | None = None,
+        feat_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.feat_channels = in_channels, out_channels, feat_channels
+        self.resolution, self.up, self.use_noise = resolution, up, use_noise
+        self.activation, self.conv_clamp = activation, conv_clamp
+        self.register_buffer("resample_filter", fir_filter())
+        self.padding = kernel_size // 2
+        self.act_gain = bias_act.activation_funcs[activation].def_gain
+        # Styles only for the w-driven channels: the injected channels have no affine at all (eq. 7, s_c = 1).
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels + feat_channels, kernel_size, kernel_size]))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn([resolution, resolution]))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        feat: torch.Tensor | None = None,
+        noise_mode: str = "random",
+        fused_modconv: bool = True,
+        gain: float = 1.0,
+    ) -> torch.Tensor:
+        styles = self.affine(w)
+        if self.feat_channels:
+            if feat is None or feat.shape[1] != self.feat_channels:
+                raise UserError(
+                    f"this layer needs feat with {self.feat_channels} channels (the injected 3DMM features)"
+                )
+            x = torch.cat([x, feat.to(x.dtype)], dim=1)
+            styles = torch.cat([styles, styles.new_ones([styles.shape[0], self.feat_channels])], dim=1)
+        noise = None
+        if self.use_noise and noise_mode == "random":  # one map shared by all channels, fresh per sample
+            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
+            noise = noise * self.noise_strength
+        elif self.use_noise and noise_mode == "const":
+            noise = self.noise_const * self.noise_strength
+        x = modulated_conv.modulated_conv2d(
+            x, self.weight, styles, noise=noise, up=self.up, padding=self.padding, resample_filter=self.resample_filter,
+            flip_weight=(self.up == 1), fused_modconv=fused_modconv,
+        )  # fmt: skip
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels}, feat_channels={self.feat_channels}, out_channels={self.out_channels}, "
+            f"resolution={self.resolution}, up={self.up}"
+        )
+
+
+class ToRGBLayer(nn.Module):
+    """1x1 modulated conv, no demodulation, no aux input: x [N, in, r, r], w [N, w_dim] -> [N, img_channels, r, r]."""
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
+        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, 1, 1]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        self.weight_gain = 1 / math.sqrt(in_channels)  # equalized lr moved onto the style (no demodulation here)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv.modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
+        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+
+
+class SynthesisBlock(nn.Module):
+    """Skip-generator block: x [N, in, r/2, r/2] (or const), img [N, 3, r/2, r/2] -> x [N, out, r, r], img (at r)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        w_dim: int,
+        resolution: int,
+        img_channels: int,
+        use_fp16: bool = False,
+        conv_clamp: float | None = None,
+        feat_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
+        self.register_buffer("resample_filter", fir_filter())
+        layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, feat_channels=feat_channels)
+        if in_channels == 0:  # first block: learned constant input, a single conv
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, **layer_kwargs)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, **layer_kwargs)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp)
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = 1
+
+    def forward(
+        self,
+        x: torch.Tensor | None,
+        img: torch.Tensor | None,
+        ws: torch.Tensor,
+        feats: list[torch.Tensor | None],
+        noise_mode: str = "random",
+        force_fp32: bool = False,
+        fused_modconv: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp16 only on CUDA (CPU half convs are slow/unsupported); parameters stay fp32 and are cast per call.
+        use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type == "cuda"
+        param_dtype = self.conv1.weight.dtype  # float32 unless the whole module was cast (e.g. .double() in tests)
+        dtype = torch.float16 if use_fp16 else param_dtype
+        if fused_modconv is None:
+            fused_modconv = not self.training  # plain convs train faster; grouped conv is faster at inference
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+        else:
+            x = self.conv0(x.to(dtype), next(w_iter), feats[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
+        x = self.conv1(x, next(w_iter), feats[-1], noise_mode=noise_mode, fused_modconv=fused_modconv)
+        y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv).to(param_dtype)  # RGB sum stays full precision
+        img = y if img is None else upfirdn2d.upsample2d(img, self.resample_filter) + y  # skip architecture
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """ws [N, num_ws, w_dim] (+ feats, one map per conv layer) -> img [N, img_channels, R, R] float32, ~[-1, 1].
+
+    feat_channels[r] = number of 3DMM feature channels injected into EACH of the conv layers of block r (eq. 7).
+    Per conv layer, in synthesis order [b4.conv1, b8.conv0, b8.conv1, ..., bR.conv1]: `layer_resolutions` (block
+    resolution), `feat_resolutions` (spatial size of the injected map = the layer's input size, r/2 for conv0),
+    `feat_layer_channels` (its channel count).
+    """
+
+    def __init__(
+        self,
+        w_dim: int,
+        img_resolution: int,
+        img_channels: int = 3,
+        channel_base: int = 16384,
+        channel_max: int = 512,
+        num_fp16_res: int = 4,
+        conv_clamp: float | None = 256,
+        feat_channels: dict[int, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.block_resolutions = block_resolutions(img_resolution)
+        feat_channels = {int(r): int(c) for r, c in (feat_channels or {}).items()}  # JSON round-trips str keys
+        unknown = sorted(set(feat_channels) - set(self.block_resolutions))
+        if unknown:
+            raise UserError(f"feat_channels resolutions {unknown} are not synthesis blocks {self.block_resolutions}")
+        fp16_resolution = max(2 ** (int(math.log2(img_resolution)) + 1 - num_fp16_res), 8)
+        self.layer_resolutions, self.feat_resolutions, self.feat_layer_channels = [], [], []
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_channels = channels_at(res // 2, channel_base, channel_max) if res > 4 else 0
+            out_channels = channels_at(res, channel_base, channel_max)
+            block = SynthesisBlock(
+                in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
+                use_fp16=(res >= fp16_resolution), conv_clamp=conv_clamp, feat_channels=feat_channels.get(res, 0),
+            )  # fmt: skip
+            setattr(self, f"b{res}", block)
+            self.num_ws += block.num_conv
+            self.layer_resolutions += [res] * block.num_conv
+            self.feat_resolutions += [res // 2, res][2 - block.num_conv :]
+            self.feat_layer_channels += [feat_channels.get(res, 0)] * block.num_conv
+        self.num_ws += 1  # the last ToRGB; every other ToRGB shares its w with the next block's conv0
+        self.num_conv_layers = len(self.layer_resolutions)
+
+    def check_feats(self, feats: list[torch.Tensor] | None, batch_size: int) -> None:
+        """Raise UserError unless feats matches feat_layer_channels / feat_resolutions (or is None when unused)."""
+        if feats is None:
+            if any(self.feat_layer_channels):
+                raise UserError("this synthesis network injects 3DMM features: pass feats (one per conv layer)")
+            return
+        if len(feats) != self.num_conv_layers:
+            raise UserError(f"expected {self.num_conv_layers} feature maps (one per conv layer), got {len(feats)}")
+        for i, (f, c, r) in enumerate(zip(feats, self.feat_layer_channels, self.feat_resolutions)):
+            if c and tuple(f.shape) != (batch_size, c, r, r):
+                raise UserError(f"feats[{i}] has shape {tuple(f.shape)}, expected {(batch_size, c, r, r)}")
+
+    def forward(
+        self,
+        ws: torch.Tensor,
+        feats: list[torch.Tensor] | None = None,
+        noise_mode: str = "random",
+        force_fp32: bool = False,
+        fused_modconv: bool | None = None,
+    ) -> torch.Tensor:
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise UserError(f"ws has shape {tuple(ws.shape)}, expected [N, {self.num_ws}, {self.w_dim}]")
+        if noise_mode not in ("random", "const", "none"):
+            raise UserError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        self.check_feats(feats, ws.shape[0])
+        x = img = None
+        w_idx = feat_idx = 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            block_feats = [None] * block.num_conv if feats is None else feats[feat_idx : feat_idx + block.num_conv]
+            x, img = block(x, img, block_ws, block_feats, noise_mode, force_fp32, fused_modconv)
+            w_idx += block.num_conv
+            feat_idx += block.num_conv
+        return img
+
+
+class Generator(nn.Module):
+    """G(z [N, z_dim], rep [N, 9, R, R] in [-1, 1] or None) -> img [N, img_channels, R, R] float32, ~[-1, 1].
+
+    encoder_kwargs None builds the unconditional StyleGAN2 baseline; otherwise a RenderEncoder E maps rep to one
+    feature map per synthesis conv layer, injected as in eq. 7 (the synthesis feat_channels come from E).
+    """
+
+    def __init__(
+        self,
+        z_dim: int = 64,
+        w_dim: int = 512,
+        img_resolution: int = 256,
+        img_channels: int = 3,
+        mapping_kwargs: dict | None = None,
+        synthesis_kwargs: dict | None = None,
+        encoder_kwargs: dict | None = None,
+    ) -> None:
+        from training.encoder import RenderEncoder  # local import: encoder.py builds on this module's layers
+
+        super().__init__()
+        self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, img_resolution, img_channels
+        synthesis_kwargs = dict(synthesis_kwargs or {})
+        if "feat_channels" in synthesis_kwargs:
+            raise UserError("synthesis_kwargs must not set feat_channels; the Generator takes them from the encoder")
+        self.encoder = None
+        if encoder_kwargs is not None:
+            self.encoder = RenderEncoder(img_resolution=img_resolution, **encoder_kwargs)
+            synthesis_kwargs["feat_channels"] = self.encoder.feat_channels
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
+        self.is_conditional = self.encoder is not None
+        self.rep_channels = self.encoder.rep_channels if self.encoder is not None else 0
+
+    def features(self, rep: torch.Tensor) -> list[torch.Tensor]:
+        """rep [N, 9, R, R] in [-1, 1] -> feats, one [N, F_l, r_l, r_l] map per synthesis conv layer (E in eq. 14)."""
+        if self.encoder is None:
+            raise UserError("this generator is unconditional (built without encoder_kwargs); it takes no rep")
+        return self.encoder(rep)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        rep: torch.Tensor | None = None,
+        truncation_psi: float = 1.0,
+        truncation_cutoff: int | None = None,
+        update_emas: bool = False,
+        noise_mode: str = "random",
+        force_fp32: bool = False,
+    ) -> torch.Tensor:
+        if self.is_conditional and rep is None:
+            raise UserError("this generator is 3DMM-conditional: pass rep [N, 9, R, R]")
+        feats = self.features(rep) if rep is not None else None
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)
+        return self.synthesis(ws, feats, noise_mode=noise_mode, force_fp32=force_fp32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Discriminator.
+
+
+class DiscriminatorBlock(nn.Module):
+    """Resnet D block: x [N, in, r, r] (or img [N, 3, r, r] in the first block) -> [N, out, r/2, r/2]."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        tmp_channels: int,
+        out_channels: int,
+        resolution: int,
+        img_channels: int,
+        use_fp16: bool = False,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
+        self.register_buffer("resample_filter", fir_filter())
+        if in_channels == 0:  # only the highest-resolution block sees the image
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, conv_clamp=conv_clamp)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
+        use_fp16 = self.use_fp16 and not force_fp32 and img.device.type == "cuda"
+        dtype = torch.float16 if use_fp16 else self.conv0.weight.dtype  # parameter dtype: float32 unless cast
+        x = self.fromrgb(img.to(dtype)) if self.in_channels == 0 else x.to(dtype)
+        # sqrt(1/2) on both branches keeps the variance of the sum; passed as gain so the clamp scales too.
+        y = self.skip(x, gain=np.sqrt(0.5))
+        x = self.conv1(self.conv0(x), gain=np.sqrt(0.5))
+        return y.add_(x)
+
+
+class MinibatchStdLayer(nn.Module):
+    """x [N, C, H, W] -> [N, C + num_channels, H, W]; group of sample i = {j : j = i mod N/G} (strided, StyleGAN2)."""
+
+    def __init__(self, group_size: int, num_channels: int = 1) -> None:
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        f = self.num_channels
+        if n % g or c % f:
+            raise UserError(f"minibatch-std needs the per-GPU batch ({n}) divisible by the group size ({g})")
+        y = x.reshape(g, -1, f, c // f, h, w)  # [G, N/G, F, C/F, H, W]: sample i sits at (i // (N/G), i % (N/G))
+        y = (y - y.mean(dim=0)).square().mean(dim=0)  # variance over each group
+        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4])  # [N/G, F]: mean std over channels in the slice and pixels
+        y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)  # [N, F, H, W]
+        return torch.cat([x, y.to(x.dtype)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}, num_channels={self.num_channels}"
+
+
+class DiscriminatorEpilogue(nn.Module):
+    """4x4 head: x [N, C, 4, 4] -> mbstd -> conv -> fc -> out -> logits [N, 1] float32 (no sigmoid)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int = 4,
+        mbstd_group_size: int = 8,
+        mbstd_num_channels: int = 1,
+        conv_clamp: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
+        conv_in = in_channels + mbstd_num_channels
+        self.conv = Conv2dLayer(conv_in, in_channels, 3, activation="lrelu", conv_clamp=conv_clamp)
+        self.fc = FullyConnectedLayer(in_channels * resolution**2, in_channels, activation="lrelu")
+        self.out = FullyConnectedLayer(in_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(self.mbstd(x.to(self.conv.weight.dtype)))  # always full precision
+        return self.out(self.fc(x.flatten(1)))
+
+
+class Discriminator(nn.Module):
+    """D(img [N, img_channels, R, R] float32 in [-1, 1]) -> logits [N, 1] float32 (resnet architecture)."""
+
+    def __init__(
+        self,
+        img_resolution: int,
+        img_channels: int = 3,
+        channel_base: int = 16384,
+        channel_max: int = 512,
+        num_fp16_res: int = 4,
+        conv_clamp: float | None = 256,
+        mbstd_group_size: int = 8,
+        mbstd_num_channels: int = 1,
+    ) -> None:
+        super().__init__()
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        if img_resolution < 8:
+            raise UserError(f"the discriminator needs img_resolution >= 8, got {img_resolution}")
+        self.block_resolutions = block_resolutions(img_resolution)[:0:-1]  # R, R/2, ..., 8
+        fp16_resolution = max(2 ** (int(math.log2(img_resolution)) + 1 - num_fp16_res), 8)
+        for res in self.block_resolutions:
+            tmp_channels = channels_at(res, channel_base, channel_max)
+            in_channels = tmp_channels if res < img_resolution else 0
+            block = DiscriminatorBlock(
+                in_channels, tmp_channels, channels_at(res // 2, channel_base, channel_max),
+                resolution=res, img_channels=img_channels, use_fp16=(res >= fp16_resolution), conv_clamp=conv_clamp,
+            )  # fmt: skip
+            setattr(self, f"b{res}", block)
+        self.b4 = DiscriminatorEpilogue(
+            channels_at(4, channel_base, channel_max), mbstd_group_size=mbstd_group_size,
+            mbstd_num_channels=mbstd_num_channels, conv_clamp=conv_clamp,
+        )  # fmt: skip
+
+    def forward(self, img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
+        expected = (self.img_channels, self.img_resolution, self.img_resolution)
+        if img.ndim != 4 or tuple(img.shape[1:]) != expected:
+            raise UserError(f"D expects images [N, {', '.join(map(str, expected))}], got {tuple(img.shape)}")
+        x = None
+        for res in self.block_resolutions:
+            x = getattr(self, f"b{res}")(x, img, force_fp32=force_fp32)
+        return self.b4(x)
