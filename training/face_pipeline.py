@@ -10,8 +10,8 @@ import torch
 
 from deep3drecon import assets
 from deep3drecon.face_model import FaceModel
-from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.recon_net import load_recon_net
+from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.render import Renderer
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from deep3drecon.face_model import FaceModel
-from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.recon_net import ReconNet
+from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model
 from training.consistency import ConsistencyLoss, blend_alpha
