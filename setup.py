@@ -20,7 +20,7 @@ setup(
         "tensorboard>=2.12",
         "ninja>=1.11",
         "tqdm>=4.60",
-        "safetensors>=0.4",
+        "torch-fidelity>=0.3",
     ],
     extras_require={"dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"]},
 )

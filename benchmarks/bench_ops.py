@@ -57,7 +57,7 @@ def cases(
         x, b = rand(batch, c, r, r), rand(c)
         shape = f"{batch}x{c}x{r}x{r}"
         out.append(
-            ("bias_act lrelu+clamp", shape, lambda i, x=x, b=b: bias_act.bias_act(x, b, "lrelu", clamp=256, impl=i))
+            ("bias_act lrelu+clamp", shape, lambda i, x=x, b=b: bias_act.bias_act(x, b, act="lrelu", clamp=256, impl=i))
         )
         out.append(("upsample2d [1,3,3,1]", shape, lambda i, x=x: upfirdn2d.upsample2d(x, f, impl=i)))
         out.append(("downsample2d [1,3,3,1]", shape, lambda i, x=x: upfirdn2d.downsample2d(x, f, impl=i)))

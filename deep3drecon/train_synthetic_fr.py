@@ -179,8 +179,11 @@ def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = N
     net = ReconNet(cfg.backbone, input_size=cfg.resolution)
     std = prior_std()
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    # Cosine decay to 0: the last steps average out the noise of small batches, which matters for a short run.
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+    # Short linear warm-up (Adam + freshly initialised BatchNorm overshoot at full lr), then cosine decay to 0 so the
+    # last steps average out the noise of small batches, which matters in a run this short.
+    warmup = max(1, cfg.steps // 20)
+    lr_factor = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen_train = torch.Generator().manual_seed(cfg.seed)
     gen_eval = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # disjoint stream: held-out faces
     log(f"synthetic FR: {json.dumps(dataclasses.asdict(cfg))}  renderer backend: {renderer.backend}", flush=True)
@@ -229,6 +232,7 @@ def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = N
 @click.option("--resolution", type=click.IntRange(min=32), default=SyntheticFRConfig.resolution, show_default=True)
 @click.option("--lr", type=float, default=SyntheticFRConfig.lr, show_default=True)
 @click.option("--face-model", type=click.Path(exists=True, dir_okay=False), default=None, help="Default: synthetic")
+@click.option("--eval-size", type=click.IntRange(min=1), default=SyntheticFRConfig.eval_size, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "torch", "nvdiffrast"]), default="auto", show_default=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="Also write the errors as JSON here")

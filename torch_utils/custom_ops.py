@@ -120,7 +120,8 @@ def get_plugin(
         if _is_rank0():
             print(
                 f'{"Failed! " if loud else ""}WARNING: could not build CUDA plugin "{module_name}" ({reason}); '
-                "using the plain-PyTorch reference implementation for the rest of this process.",
+                "using the plain-PyTorch reference implementation for the rest of this process "
+                "(torch_utils.custom_ops.set_verbosity('full') shows the build log).",
                 file=sys.stderr,
                 flush=True,
             )

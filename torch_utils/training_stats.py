@@ -24,8 +24,13 @@ class StatsCollector:
         value = torch.as_tensor(value).detach().flatten().to(self.device, torch.float64)
         if value.numel() == 0:
             return
-        moments = torch.stack([torch.tensor(float(value.numel()), dtype=torch.float64, device=self.device),
-                               value.sum(), value.square().sum()])
+        moments = torch.stack(
+            [
+                torch.tensor(float(value.numel()), dtype=torch.float64, device=self.device),
+                value.sum(),
+                value.square().sum(),
+            ]
+        )
         if name in self._moments:
             self._moments[name] += moments
         else:

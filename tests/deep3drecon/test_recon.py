@@ -313,3 +313,164 @@ def test_download_cached_from_local_url(monkeypatch: pytest.MonkeyPatch, tmp_pat
     src.unlink()  # cached now: a second call must not need the source
     assert assets.download_cached(src.as_uri(), "payload.bin", sha256=digest, progress=False) == out
     assert sorted(p.name for p in out.parent.iterdir()) == ["payload.bin"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthetic FR training helpers
+
+
+def test_coeff_error_by_group_matches_numpy() -> None:
+    from deep3drecon.train_synthetic_fr import coeff_error_by_group
+
+    rng = np.random.default_rng(0)
+    target, pred = rng.normal(size=(50, 257)), rng.normal(size=(50, 257))
+    errors = coeff_error_by_group(torch.from_numpy(pred), torch.from_numpy(target))
+    bounds = {"id": (0, 80), "exp": (80, 144), "tex": (144, 224), "angle": (224, 227), "gamma": (227, 254)}
+    bounds["trans"] = (254, 257)
+    assert list(errors) == list(bounds)
+    for name, (a, b) in bounds.items():
+        t = target[:, a:b]
+        mae = np.abs(pred[:, a:b] - t).mean()
+        trivial = np.abs(t - t.mean(axis=0)).mean()
+        assert errors[name]["mae"] == pytest.approx(mae, rel=1e-12)
+        assert errors[name]["trivial_mae"] == pytest.approx(trivial, rel=1e-12)
+        assert errors[name]["relative"] == pytest.approx(mae / trivial, rel=1e-12)
+    perfect = coeff_error_by_group(torch.from_numpy(target), torch.from_numpy(target))
+    assert all(e["relative"] == 0 for e in perfect.values())
+
+
+def test_coefficient_prior_matches_its_documented_std() -> None:
+    from deep3drecon.train_synthetic_fr import prior_std, sample_coeffs
+
+    p = sample_coeffs(20000, torch.Generator().manual_seed(0))
+    assert p.shape == (20000, 257) and p.dtype == torch.float32
+    torch.testing.assert_close(p.std(dim=0), prior_std(), rtol=0.05, atol=0)
+    assert p.mean(dim=0).abs().max() < 0.05  # zero-mean: the zero-initialised heads start at the prior mean
+    yaw = p[:, 225].abs().max()
+    assert 19.5 < float(yaw) * 180 / np.pi <= 20.0  # yaw within +-20 degrees
+
+
+def test_random_blur_keeps_unblurred_half_and_preserves_mean() -> None:
+    from deep3drecon.train_synthetic_fr import random_blur
+
+    img = torch.rand(64, 3, 16, 16)
+    out = random_blur(img, torch.Generator().manual_seed(0))
+    same = (out - img).abs().flatten(1).amax(dim=1) < 1e-6
+    assert 16 < int(same.sum()) < 48  # about half untouched
+    assert out[~same].std() < img[~same].std()  # smoothing reduces the variance of white noise
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generated assets, training CLI and reconstruct CLI (synthetic face model)
+
+
+@pytest.fixture(scope="module")
+def synthetic_mat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic face model written through assets.synthetic_face_model_path into a private cache (once)."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("TAXFREE3DMM_CACHE")
+    os.environ["TAXFREE3DMM_CACHE"] = str(cache)
+    try:
+        path = assets.synthetic_face_model_path()
+        mtime = path.stat().st_mtime_ns
+        assert assets.synthetic_face_model_path() == path and path.stat().st_mtime_ns == mtime  # written once
+        assert sorted(p.name for p in cache.iterdir()) == [path.name]  # no temp files left behind
+    finally:
+        if old is None:
+            del os.environ["TAXFREE3DMM_CACHE"]
+        else:
+            os.environ["TAXFREE3DMM_CACHE"] = old
+    return path
+
+
+def test_train_synthetic_fr_cli_writes_loadable_checkpoint(synthetic_mat: Path, tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from deep3drecon.train_synthetic_fr import main
+
+    out, metrics = tmp_path / "fr.pth", tmp_path / "m.json"
+    args = ["--out", str(out), "--steps", "2", "--batch", "4", "--resolution", "32", "--face-model", str(synthetic_mat)]
+    result = CliRunner().invoke(main, args + ["--eval-size", "6", "--metrics", str(metrics), "--backend", "torch"])
+    assert result.exit_code == 0, result.output
+    assert "held-out per-group coefficient error" in result.output
+    net = load_recon_net(out)
+    assert net.backbone_name == "resnet18" and net.input_size == 32
+    report = json.loads(metrics.read_text())
+    assert set(report["errors"]) == {"id", "exp", "tex", "angle", "gamma", "trans"}
+
+
+@pytest.fixture(scope="module")
+def face_scene(synthetic_mat: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A 224 render of the synthetic face on grey, its 68 landmarks (y-down) and a random resnet18 checkpoint."""
+    from deep3drecon.face_model import FaceModel
+    from deep3drecon.render import Renderer
+
+    root = tmp_path_factory.mktemp("scene")
+    face_model = FaceModel.from_mat(synthetic_mat)
+    renderer = Renderer(face_model, backend="torch")
+    coeffs = torch.zeros(1, 257)
+    coeffs[0, 225] = 0.15  # a little yaw
+    with torch.no_grad():
+        out = renderer(coeffs, 224)
+        lm68 = face_model.compute(coeffs).landmarks[0].numpy()
+    img = out.render * out.mask + 0.5 * (1 - out.mask)
+    arr = (img[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).save(root / "face.png")
+    np.savetxt(root / "face_68.txt", lm68)
+    net = ReconNet("resnet18", input_size=64)
+    randomise(net, seed=31)
+    with torch.no_grad():
+        for head in net.final_layers:  # small coefficients keep the predicted face in front of the camera
+            head.weight.mul_(0.01)
+            head.bias.mul_(0.01)
+    save_recon_net(net, root / "fr.pth")
+    return root, renderer
+
+
+def test_reconstruct_cli_end_to_end(synthetic_mat: Path, face_scene, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deep3drecon.reconstruct import main
+
+    root, renderer = face_scene
+    args = ["--image", str(root / "face.png"), "--landmarks", str(root / "face_68.txt"), "--bfm", str(synthetic_mat)]
+    args += ["--checkpoint", str(root / "fr.pth"), "--outdir", str(tmp_path), "--backend", "torch", "--device", "cpu"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    coeffs = np.load(tmp_path / "face_coeffs.npy")
+    assert coeffs.shape == (257,) and coeffs.dtype == np.float32 and np.abs(coeffs).max() > 0
+    crop = Image.open(tmp_path / "face_crop.png")
+    overlay = Image.open(tmp_path / "face_overlay.png")
+    assert crop.size == overlay.size == (224, 224)
+    # Independent recomputation from the saved crop: FR([0,1] crop resized to 64) and the render of its output.
+    crop_t = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = load_recon_net(root / "fr.pth")(resize_to_fr(crop_t, 64))[0].numpy()
+        out = renderer(torch.from_numpy(coeffs)[None], 224)
+    np.testing.assert_allclose(coeffs, expected, rtol=1e-4, atol=1e-5)
+    mask = out.mask[0, 0].numpy() > 0
+    assert 0.05 < mask.mean() < 0.9
+    over, crop_np = np.asarray(overlay).astype(int), np.asarray(crop).astype(int)
+    assert np.array_equal(over[~mask], crop_np[~mask])  # outside the face: the crop itself
+    render_np = (out.render[0].permute(1, 2, 0).numpy() * 255).round().astype(int)
+    assert np.abs(over[mask] - render_np[mask]).max() <= 1  # inside: the render
+
+
+def test_reconstruct_cli_errors_are_one_line(face_scene, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from deep3drecon.reconstruct import main
+
+    root, _ = face_scene
+    base = ["--image", str(root / "face.png"), "--outdir", str(tmp_path / "o"), "--checkpoint", str(root / "fr.pth")]
+    result = CliRunner().invoke(main, base + ["--landmarks", str(root / "face_68.txt"), "--bfm", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "BFM_model_front.mat" in result.output and "University of Basel" in result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error:")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2\n3 4\n5 6\n")
+    result = CliRunner().invoke(main, base + ["--landmarks", str(bad), "--bfm", str(root / "fr.pth")])
+    assert result.exit_code == 1 and "5 or 68" in result.output
+    assert not (tmp_path / "o").exists()  # validation happens before anything is written

@@ -42,6 +42,7 @@ def test_missing_inception_weights_are_a_clear_error(tmp_path, monkeypatch):
         resolve_inception_weights(None, download=False)
 
 
+@pytest.mark.slow
 def test_inception_wrapper_matches_torch_fidelity_with_random_weights(tmp_path, monkeypatch):
     fid_module = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     cls = fid_module.FeatureExtractorInceptionV3

@@ -75,8 +75,9 @@ __global__ void bias_act_kernel(BiasActParams p) {
     }
 }
 
+#ifdef __CUDACC__  // the launch code; tests compile the kernel above as plain C++ without it
 template <typename scalar_t>
-void launch_bias_act(const BiasActParams& p, cudaStream_t stream) {
+void launch_bias_act(const BiasActParams& p, CUstream_st* stream) {
     const int threads = 256;
     int64_t blocks = (p.numel + threads - 1) / threads;
     if (blocks > 65536) blocks = 65536;  // grid-stride loop covers the rest
@@ -84,7 +85,8 @@ void launch_bias_act(const BiasActParams& p, cudaStream_t stream) {
         bias_act_kernel<scalar_t><<<(unsigned int)blocks, threads, 0, stream>>>(p);
 }
 
-template void launch_bias_act<float>(const BiasActParams&, cudaStream_t);
-template void launch_bias_act<double>(const BiasActParams&, cudaStream_t);
-template void launch_bias_act<c10::Half>(const BiasActParams&, cudaStream_t);
-template void launch_bias_act<c10::BFloat16>(const BiasActParams&, cudaStream_t);
+template void launch_bias_act<float>(const BiasActParams&, CUstream_st*);
+template void launch_bias_act<double>(const BiasActParams&, CUstream_st*);
+template void launch_bias_act<c10::Half>(const BiasActParams&, CUstream_st*);
+template void launch_bias_act<c10::BFloat16>(const BiasActParams&, CUstream_st*);
+#endif

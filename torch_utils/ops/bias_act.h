@@ -2,7 +2,8 @@
 // Part of taxfree3dmm (MIT). Written from the op's mathematical definition; see bias_act.py.
 #pragma once
 #include <cstdint>
-#include <cuda_runtime.h>
+
+struct CUstream_st;  // = cudaStream_t; keeps this header free of CUDA includes (CPU test shim)
 
 struct BiasActParams {
     const void* x;     // grad == 0: the input; grad 1/2: the incoming gradient to scale
@@ -20,4 +21,4 @@ struct BiasActParams {
 };
 
 template <typename scalar_t>
-void launch_bias_act(const BiasActParams& p, cudaStream_t stream);
+void launch_bias_act(const BiasActParams& p, CUstream_st* stream);

@@ -22,7 +22,10 @@ _weight_gradients_disabled = 0  # nesting depth of no_weight_gradients(); read b
 
 @contextlib.contextmanager
 def no_weight_gradients(disable: bool = False) -> Iterator[None]:
-    """Inside this block, backward passes through conv2d/conv_transpose2d return no weight gradient (None)."""
+    """Inside this block, backward passes through conv2d/conv_transpose2d return no weight gradient (None).
+
+    Use it around the inner `autograd.grad(..., create_graph=True)` of R1; `disable=True` makes it a no-op.
+    """
     global _weight_gradients_disabled
     if disable:
         yield

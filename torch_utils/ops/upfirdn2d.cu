@@ -46,8 +46,9 @@ __global__ void upfirdn2d_kernel(Upfirdn2dParams p) {
     }
 }
 
+#ifdef __CUDACC__  // the launch code; tests compile the kernel above as plain C++ without it
 template <typename scalar_t>
-void launch_upfirdn2d(const Upfirdn2dParams& p, cudaStream_t stream) {
+void launch_upfirdn2d(const Upfirdn2dParams& p, CUstream_st* stream) {
     const int threads = 256;
     int64_t blocks = (p.planes * p.out_h * p.out_w + threads - 1) / threads;
     if (blocks > 65536) blocks = 65536;  // grid-stride loop covers the rest
@@ -55,7 +56,8 @@ void launch_upfirdn2d(const Upfirdn2dParams& p, cudaStream_t stream) {
         upfirdn2d_kernel<scalar_t><<<(unsigned int)blocks, threads, 0, stream>>>(p);
 }
 
-template void launch_upfirdn2d<float>(const Upfirdn2dParams&, cudaStream_t);
-template void launch_upfirdn2d<double>(const Upfirdn2dParams&, cudaStream_t);
-template void launch_upfirdn2d<c10::Half>(const Upfirdn2dParams&, cudaStream_t);
-template void launch_upfirdn2d<c10::BFloat16>(const Upfirdn2dParams&, cudaStream_t);
+template void launch_upfirdn2d<float>(const Upfirdn2dParams&, CUstream_st*);
+template void launch_upfirdn2d<double>(const Upfirdn2dParams&, CUstream_st*);
+template void launch_upfirdn2d<c10::Half>(const Upfirdn2dParams&, CUstream_st*);
+template void launch_upfirdn2d<c10::BFloat16>(const Upfirdn2dParams&, CUstream_st*);
+#endif

@@ -2,7 +2,8 @@
 // Part of taxfree3dmm (MIT). Written from the op's mathematical definition; see upfirdn2d.py.
 #pragma once
 #include <cstdint>
-#include <cuda_runtime.h>
+
+struct CUstream_st;  // = cudaStream_t; keeps this header free of CUDA includes (CPU test shim)
 
 struct Upfirdn2dParams {
     const void* x;   // [N*C, in_h, in_w] contiguous
@@ -14,4 +15,4 @@ struct Upfirdn2dParams {
 };
 
 template <typename scalar_t>
-void launch_upfirdn2d(const Upfirdn2dParams& p, cudaStream_t stream);
+void launch_upfirdn2d(const Upfirdn2dParams& p, CUstream_st* stream);

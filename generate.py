@@ -1,0 +1,293 @@
+"""Controlled generation with a network snapshot: the paper's figure modes as PNG grids.
+
+Examples:
+    python generate.py images     --network snap.pt --outdir out --seeds 0-31 --show-rep
+    python generate.py vary       --network snap.pt --outdir out --seeds 0,5 --attr exp --attr angle   # fig. 3
+    python generate.py resample-z --network snap.pt --outdir out --seeds 0-3 --z-seeds 100-106         # fig. 4
+    python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
+    python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
+    python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
+
+p comes from a bank: the labels of the snapshot's training dataset (or --data), or a .npy [M, 257] (--p-bank);
+seed s always picks the same bank row and the same z, whatever the batch size. Face model / FR / renderer default
+to the snapshot's. Output names: grid-seeds0-31.png, vary-exp-seed0000.png, resample-z-seeds0-3-z100-106.png,
+resample-p-seeds0-3-p100-106.png, reference-seeds0-3.png, style-mix-coarse-rows0-2-cols0-2.png; each grid of a
+conditional snapshot also gets <name>-p.npy (the p of every cell, [rows, cols, 257]) and, with --save-images, a
+folder <name>/ holding every generated cell as its own PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+
+import click
+import torch
+
+from torch_utils.errors import UserError
+from training import controlled_generation as cg
+
+
+@dataclasses.dataclass
+class Options:
+    """Options shared by every subcommand (see `common_options`)."""
+
+    network: str
+    outdir: str
+    trunc: float
+    noise_mode: str
+    batch: int
+    device: str
+    data: str | None
+    p_bank: str | None
+    bfm: str | None
+    render_backend: str | None
+    show_rep: bool
+    save_images: bool
+    verbose: bool
+
+
+@dataclasses.dataclass
+class Session:
+    """What a subcommand works with: G_ema, the cell sampler, the p bank [M, 257] (None if unconditional)."""
+
+    G: torch.nn.Module
+    sampler: cg.Sampler
+    bank: torch.Tensor | None
+    config: dict
+    device: torch.device
+    opts: Options
+
+
+class SeedList(click.ParamType):
+    """Click type for '0-31,40'-style seed lists, checked before any network is loaded."""
+
+    name = "SEEDS"
+
+    def convert(self, value, param, ctx) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            return cg.parse_seeds(str(value))
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
+class Group(click.Group):
+    """Click group that prints a UserError as one line (click.ClickException) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def common_options(fn: Callable) -> Callable:
+    """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
+    options = [
+        click.option("--network", required=True, help="network-snapshot-*.pt (or training-state-*.pt)"),
+        click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
+        click.option(
+            "--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=float, help="Truncation psi"
+        ),
+        click.option(
+            "--noise-mode", default="const", show_default=True, type=click.Choice(["const", "random", "none"])
+        ),
+        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per pass"),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--data", help="Dataset whose labels form the p bank [default: the snapshot's]"),
+        click.option("--p-bank", help="p bank as a .npy array [M, 257] (instead of --data)"),
+        click.option("--bfm", help="BFM_model_front.mat for rep(p) [default: the snapshot's]"),
+        click.option(
+            "--render-backend",
+            type=click.Choice(["auto", "torch", "nvdiffrast"]),
+            help="Rasterizer [default: the snapshot's]",
+        ),
+        click.option("--show-rep", is_flag=True, help="Put the rep(p) render beside every sample"),
+        click.option("--save-images", is_flag=True, help="Also write every generated cell as its own PNG"),
+        click.option("--verbose/--quiet", default=True, show_default=True, help="Print progress"),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        names = {f.name for f in dataclasses.fields(Options)}
+        opts = Options(**{k: v for k, v in kwargs.items() if k in names})
+        return fn(opts, **{k: v for k, v in kwargs.items() if k not in names})
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _log(opts: Options, message: str) -> None:
+    if opts.verbose:
+        click.echo(message)
+
+
+def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
+    """Load G_ema, then (for a conditional G) the p bank and the renderer; every problem is one UserError line."""
+    from deep3drecon import assets
+    from training.face_pipeline import build_renderer
+    from training.snapshot import load_network
+
+    if opts.data is not None and opts.p_bank is not None:
+        raise UserError("pass either --data or --p-bank, not both")
+    if opts.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    elif opts.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
+    else:
+        device = torch.device(opts.device)
+    G = load_network(opts.network, device)
+    config = getattr(G, "snapshot_config", {}) or {}
+    if needs_p and not G.is_conditional:
+        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but {opts.network} is unconditional (--no-cond); "
+                        "use 'images' or 'style-mix'")  # fmt: skip
+    if opts.show_rep and not G.is_conditional:
+        raise UserError("--show-rep needs a 3DMM-conditional snapshot; this one is unconditional (--no-cond)")
+    renderer = bank = None
+    bank_source = bfm = "-"
+    if G.is_conditional:
+        bank_source = opts.p_bank or opts.data or config.get("data")
+        if bank_source is None and config.get("builtin_data"):
+            from training.builtin_data import builtin_dataset_path
+
+            bank_source = builtin_dataset_path(**config["builtin_data"], progress=opts.verbose)
+        if bank_source is None:
+            raise UserError("no p bank: pass --data (a dataset with 3DMM labels) or --p-bank (.npy [M, 257])")
+        bank = cg.load_p_bank(bank_source)
+        bfm = opts.bfm or config.get("bfm")
+        if bfm is None:
+            _log(opts, "The snapshot used the built-in synthetic face model; rendering rep(p) with it.")
+        bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())
+        backend = opts.render_backend or config.get("render_backend") or "auto"
+        renderer = build_renderer(bfm, backend, device)
+    sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
+                         batch=opts.batch, progress=opts.verbose)  # fmt: skip
+    kind = "3DMM-conditional" if G.is_conditional else "unconditional"
+    bank_info = f"p bank {len(bank)} x 257 from {bank_source}; face model {bfm}; " if bank is not None else ""
+    _log(opts, f"{opts.network}: {G.img_resolution}px {kind}, {G.num_ws} ws; {bank_info}device {device}, "
+               f"psi {opts.trunc}, noise {opts.noise_mode}")  # fmt: skip
+    return Session(G, sampler, bank, config, device, opts)
+
+
+def write(session: Session, result: cg.GridResult, stem: str) -> None:
+    """Save one grid (and its p / per-cell files) and report where it went."""
+    opts = session.opts
+    paths = cg.save_grid(result, opts.outdir, stem, show_rep=opts.show_rep, save_images=opts.save_images)
+    extra = f" (+{len(paths) - 1} files)" if len(paths) > 1 else ""
+    _log(opts, f"wrote {paths[0]}{extra}")
+
+
+@click.group(cls=Group)
+def cli() -> None:
+    """Generate images and controlled-generation figures (paper figs. 3, 4, 6, 7, 8) from a snapshot."""
+
+
+@cli.command(short_help="Plain samples, one per seed, as a grid.")
+@common_options
+@click.option("--seeds", type=SeedList(), default="0-7", show_default=True, help="One sample per seed")
+@click.option("--cols", default=8, show_default=True, type=click.IntRange(min=1), help="Grid width")
+def images(opts: Options, seeds: list[int], cols: int) -> None:
+    """Plain samples: z and p from each seed, tiled into one grid."""
+    s = open_session(opts, "images", needs_p=False)
+    write(s, cg.images_grid(s.sampler, seeds, s.bank, cols), f"grid-seeds{cg.format_seeds(seeds)}")
+
+
+@cli.command(short_help="Fig. 3: one attribute group resampled per column.")
+@common_options
+@click.option("--seeds", type=SeedList(), default="0", show_default=True, help="Base faces (one grid each)")
+@click.option("--attr", multiple=True, type=click.Choice(list(cg.ATTR_GROUPS)), default=list(cg.ATTR_GROUPS),
+              show_default=True, help="Attribute group resampled across columns (repeatable)")  # fmt: skip
+@click.option("--cols", default=7, show_default=True, type=click.IntRange(min=1), help="Variations per grid")
+def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int) -> None:
+    """A base face, then one attribute group (id+tex | exp | SH light | angles) from bank donors (fig. 3)."""
+    s = open_session(opts, "vary", needs_p=True)
+    for seed in seeds:
+        for name in attr:
+            write(s, cg.vary_grid(s.sampler, seed, s.bank, name, cols), f"vary-{name}-seed{seed:04d}")
+
+
+@cli.command("resample-z", short_help="Fig. 4: same p per row, new z per column.")
+@common_options
+@click.option("--seeds", type=SeedList(), default="0-3", show_default=True, help="Rows: p of each seed")
+@click.option("--z-seeds", type=SeedList(), default="100-106", show_default=True, help="Columns: z of each seed")
+def resample_z(opts: Options, seeds: list[int], z_seeds: list[int]) -> None:
+    """Same p along each row, a different z in every column (fig. 4)."""
+    s = open_session(opts, "resample-z", needs_p=True)
+    stem = f"resample-z-seeds{cg.format_seeds(seeds)}-z{cg.format_seeds(z_seeds)}"
+    write(s, cg.resample_z_grid(s.sampler, seeds, z_seeds, s.bank), stem)
+
+
+@cli.command("resample-p", short_help="Fig. 8: same z per row, new p per column.")
+@common_options
+@click.option("--seeds", type=SeedList(), default="0-3", show_default=True, help="Rows: z of each seed")
+@click.option("--p-seeds", type=SeedList(), default="100-106", show_default=True, help="Columns: p of each seed")
+def resample_p(opts: Options, seeds: list[int], p_seeds: list[int]) -> None:
+    """Same z along each row, a different p in every column (fig. 8)."""
+    s = open_session(opts, "resample-p", needs_p=True)
+    stem = f"resample-p-seeds{cg.format_seeds(seeds)}-p{cg.format_seeds(p_seeds)}"
+    write(s, cg.resample_p_grid(s.sampler, seeds, p_seeds, s.bank), stem)
+
+
+@cli.command(short_help="Fig. 6: exp, light and pose from real photos via FR.")
+@common_options
+@click.option("--images", "images_dir", required=True, help="Folder of reference photos (aligned crops, or raw "
+              "photos with --landmarks)")  # fmt: skip
+@click.option("--landmarks", is_flag=True, help="Align raw photos with <name>.txt (or detections/<name>.txt) "
+              "landmarks, 5 or 68 'x y' rows, y-down pixels")  # fmt: skip
+@click.option("--seeds", type=SeedList(), default="0-3", show_default=True, help="Rows: generated identities")
+@click.option("--recon-ckpt", help="FR checkpoint (epoch_20.pth layout) [default: the snapshot's]")
+def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int], recon_ckpt: str | None) -> None:
+    """Generated identities (rows) with the expression, lighting and angles of real photos (columns) via FR (fig. 6)."""
+    from deep3drecon import assets
+    from training.face_pipeline import build_reconstructor
+
+    if not os.path.isdir(images_dir):
+        raise UserError(f"--images: folder not found: {images_dir}")
+    s = open_session(opts, "reference", needs_p=True)
+    ckpt = recon_ckpt or s.config.get("recon_ckpt")
+    if ckpt is None:
+        _log(opts, "The snapshot used the built-in synthetic FR; reconstructing the references with it.")
+    ckpt = str(assets.resolve_recon_checkpoint(ckpt) if ckpt is not None else assets.synthetic_recon_path(
+        progress=opts.verbose))  # fmt: skip
+    fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
+    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks)
+    _log(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
+    ref_p = cg.reconstruct(fr, ref_images, s.device, opts.batch)
+    result = cg.reference_grid(s.sampler, seeds, s.bank, ref_images, ref_p, names)
+    write(s, result, f"reference-seeds{cg.format_seeds(seeds)}")
+
+
+@cli.command("style-mix", short_help="Fig. 7: style mixing at coarse / middle / fine scales.")
+@common_options
+@click.option("--row-seeds", type=SeedList(), default="0-2", show_default=True, help="Source A (rows)")
+@click.option("--col-seeds", type=SeedList(), help="Source B (columns) [default: the row seeds, as in fig. 7]")
+@click.option("--scale", multiple=True, type=click.Choice(list(cg.STYLE_SCALES)), default=list(cg.STYLE_SCALES),
+              show_default=True, help="Which ws to swap: coarse 4-8, middle 16-32, fine 64-R (repeatable)")  # fmt: skip
+@click.option(
+    "--layers", type=SeedList(), metavar="INDICES", help="Explicit w+ indices to swap, e.g. 0-3 (instead of --scale)"
+)
+@click.option("--p-seed", type=click.IntRange(min=0), help="One p (of this seed) for every image, as in fig. 7 "
+              "[default: each source's own]")  # fmt: skip
+def style_mix(opts: Options, row_seeds: list[int], col_seeds: list[int] | None, scale: tuple[str, ...],
+              layers: list[int] | None, p_seed: int | None) -> None:  # fmt: skip
+    """Style mixing (fig. 7): row source A's w+ with one scale's ws from column source B; p stays row A's."""
+    s = open_session(opts, "style-mix", needs_p=False)
+    col_seeds = col_seeds or row_seeds
+    tag = f"rows{cg.format_seeds(row_seeds)}-cols{cg.format_seeds(col_seeds)}"
+    jobs = [(f"layers{cg.format_seeds(layers)}", layers)] if layers else [(n, cg.style_layers(s.G, n)) for n in scale]
+    if not any(idx for _, idx in jobs):
+        raise UserError(f"--scale {'/'.join(scale)} selects no ws at {s.G.img_resolution}px; use --layers")
+    for name, idx in jobs:
+        if not idx:
+            _log(opts, f"skipping scale '{name}': no ws at {s.G.img_resolution}px")
+            continue
+        write(s, cg.style_mix_grid(s.sampler, row_seeds, col_seeds, s.bank, idx, p_seed), f"style-mix-{name}-{tag}")
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,440 @@
+"""Controlled generation with a trained G: the sampling and editing behind generate.py (paper figs. 3, 4, 6, 7, 8).
+
+Every grid is built from cells, each cell one (w+, p, noise seed) triple run through
+    img = G.synthesis(ws, feats=G.features(rep(p)))            (eq. 7; rep(p) of eq. 3)
+so a mode is just a rule for filling the cells:
+  images       cell k: z and p from seed k                                        (plain samples)
+  vary         row: one base p with one attribute group taken from bank donors    (fig. 3)
+  resample-z   row r: p from seed r; column c: z from z-seed c                   (fig. 4)
+  resample-p   row r: z from seed r; column c: p from p-seed c                   (fig. 8)
+  reference    row r: generated identity; column c: exp, SH light, angles of a real photo via FR   (fig. 6)
+  style-mix    row r's w+ with one scale's layers replaced by column c's, p of row r               (fig. 7)
+Reproducibility: z for seed s is np.random.RandomState(s).randn(z_dim) (the StyleGAN2 convention), the bank row
+for seed s comes from its own seeded stream, and with noise_mode='random' each cell draws its noise under
+torch.manual_seed(noise seed); no cell depends on the batch it was computed in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import tqdm
+
+from deep3drecon.face_model import COEFF_SLICES, NUM_COEFFS
+from torch_utils.errors import UserError
+from training.dataset import IMAGE_EXTENSIONS
+from training.rep import make_rep, rep_render
+
+# Attribute groups of p edited by `vary`. Identity is shape AND albedo (id + tex): resampling the shape alone would
+# keep the base face's skin tone, which is not what fig. 3's "identity variation" shows.
+ATTR_GROUPS: dict[str, tuple[str, ...]] = {"id": ("id", "tex"), "exp": ("exp",), "illum": ("gamma",),
+                                           "angle": ("angle",)}  # fmt: skip
+# What `reference` takes from the photo (fig. 6: "expression, illumination, and pose"). Translation stays the base
+# face's: for aligned crops it only encodes residual misalignment, not pose.
+REFERENCE_GROUPS: tuple[str, ...] = ("exp", "gamma", "angle")
+# Style-mixing scales of fig. 7, as inclusive ranges of the resolution a w modulates (upper None = up to R).
+STYLE_SCALES: dict[str, tuple[int, int | None]] = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, None)}
+# Separate random streams per purpose, so bank picks never correlate with z of the same seed.
+_P_STREAM, _DONOR_STREAM = 1, 2
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Seeds and coefficient vectors.
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (order kept, ranges inclusive); UserError on anything else."""
+    seeds: list[int] = []
+    for part in spec.replace(" ", "").split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            raise UserError(f"bad seed list {spec!r}: use non-negative integers and ranges like '0-31,40'")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            raise UserError(f"bad seed range {part!r} in {spec!r}: the end is smaller than the start")
+        if b >= 2**32:
+            raise UserError(f"seed {b} is too large (seeds must be < 2**32)")
+        seeds.extend(range(a, b + 1))
+    return seeds
+
+
+def format_seeds(seeds: Sequence[int]) -> str:
+    """Compact file-name tag of a seed list: [0..31, 40] -> '0-31_40' (runs of consecutive seeds as ranges)."""
+    runs: list[list[int]] = []
+    for s in seeds:
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    tag = "_".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+    return tag if len(tag) <= 48 else f"{seeds[0]}-{seeds[-1]}-n{len(seeds)}"  # keep file names sane
+
+
+def seed_z(seeds: Sequence[int], z_dim: int) -> torch.Tensor:
+    """z [N, z_dim] float32, row k = np.random.RandomState(seeds[k]).randn(z_dim) (StyleGAN2's convention)."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds]).astype(np.float32))
+
+
+def _stream(stream: int, seed: int) -> np.random.RandomState:
+    """RandomState for (purpose, seed). Hashed through SeedSequence: RandomState([stream, seed]) itself gives
+    neighbouring seeds the same first randint (seeds 0 and 1 picked the same bank row)."""
+    return np.random.RandomState(np.random.SeedSequence([stream, seed]).generate_state(1)[0])
+
+
+def p_index(seed: int, bank_size: int) -> int:
+    """Row of the p bank that seed picks: uniform, from its own seeded stream (independent of z and batching)."""
+    return int(_stream(_P_STREAM, seed).randint(bank_size))
+
+
+def bank_p(bank: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+    """p [N, 257] for seeds: bank [M, 257] rows picked by `p_index`."""
+    return bank[[p_index(s, len(bank)) for s in seeds]]
+
+
+def donor_indices(seed: int, bank_size: int, count: int, exclude: int) -> np.ndarray:
+    """count bank rows [count] for `vary` (seeded by seed), avoiding `exclude` (the base) when the bank allows it."""
+    rng = _stream(_DONOR_STREAM, seed)
+    if bank_size < 2:
+        return np.zeros(count, dtype=np.int64)
+    # Draw among the M - 1 other rows, then shift past the base: a donor equal to the base would be a no-op column.
+    idx = rng.choice(bank_size - 1, size=count, replace=count > bank_size - 1)
+    return idx + (idx >= exclude)
+
+
+def mix_groups(base: torch.Tensor, donors: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
+    """base [257] or [N, 257], donors [C, 257] -> [C, 257] or [N, C, 257]: base with `groups` copied from donors."""
+    out = base[..., None, :].repeat_interleave(len(donors), dim=-2).clone()
+    for name in groups:
+        out[..., COEFF_SLICES[name]] = donors[:, COEFF_SLICES[name]]
+    return out
+
+
+def ws_resolutions(G: torch.nn.Module) -> list[int]:
+    """Per w in w+ [num_ws]: the resolution of the feature map it modulates (the input of its conv / toRGB).
+
+    w k drives synthesis conv k (input size = feat_resolutions[k]) and the toRGB sharing its index, whose input is
+    the same size; the last w drives only the final toRGB at R. For 256: [4, 4, 8, 8, 16, 16, ..., 256, 256].
+    """
+    return [int(r) for r in G.synthesis.feat_resolutions] + [int(G.img_resolution)]
+
+
+def style_layers(G: torch.nn.Module, scale: str) -> list[int]:
+    """Indices into w+ of a fig. 7 scale: coarse 4-8, middle 16-32, fine 64-R (by modulated resolution)."""
+    if scale not in STYLE_SCALES:
+        raise UserError(f"unknown style-mixing scale {scale!r}; choose one of {', '.join(STYLE_SCALES)}")
+    lo, hi = STYLE_SCALES[scale]
+    return [k for k, r in enumerate(ws_resolutions(G)) if lo <= r and (hi is None or r <= hi)]
+
+
+def load_p_bank(path: str) -> torch.Tensor:
+    """The p bank [M, 257] float32: a .npy array, or the labels of a dataset zip / folder (ImageLabelDataset)."""
+    if path.endswith(".npy"):
+        if not os.path.isfile(path):
+            raise UserError(f"p bank not found: {path}")
+        bank = np.load(path, allow_pickle=False)
+    else:
+        from training.dataset import ImageLabelDataset
+
+        bank = ImageLabelDataset(path).labels
+    bank = np.asarray(bank, dtype=np.float32)
+    if bank.ndim != 2 or bank.shape[0] < 1 or bank.shape[1] != NUM_COEFFS:
+        raise UserError(f"{path}: expected 3DMM coefficients [M, {NUM_COEFFS}], got shape {list(bank.shape)}")
+    if not np.isfinite(bank).all():
+        raise UserError(f"{path}: the p bank contains NaN or inf")
+    return torch.from_numpy(bank)
+
+
+def load_reference_images(folder: str, size: int, landmarks: bool = False) -> tuple[list[str], torch.Tensor]:
+    """Photos in folder (sorted) -> (stems, images [C, 3, size, size] float32 in [-1, 1], row 0 = top).
+
+    Without landmarks every image must already be an aligned square crop (any size; the crop framing is
+    resolution independent, so it is resized). With landmarks, `<stem>.txt` beside the photo or in
+    `detections/` (Deep3DFaceRecon's layout: 5 or 68 rows 'x y', y-down pixels) drives deep3drecon.align.
+    """
+    from deep3drecon.align import align_face
+
+    if not os.path.isdir(folder):
+        raise UserError(f"reference image folder not found: {folder}")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise UserError(f"{folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+    stems, images = [], []
+    for name in files:
+        stem = os.path.splitext(name)[0]
+        image = PIL.Image.open(os.path.join(folder, name)).convert("RGB")
+        if landmarks:
+            candidates = [os.path.join(folder, f"{stem}.txt"), os.path.join(folder, "detections", f"{stem}.txt")]
+            lm_path = next((c for c in candidates if os.path.isfile(c)), None)
+            if lm_path is None:
+                raise UserError(f"no landmarks for {name}: expected {candidates[0]} or {candidates[1]}")
+            image = align_face(image, np.loadtxt(lm_path, dtype=np.float64).reshape(-1, 2), size=size).image
+        elif image.width != image.height:
+            raise UserError(f"{name} is {image.width}x{image.height}: pass aligned square crops or use --landmarks")
+        if image.size != (size, size):
+            image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1))
+        stems.append(stem)
+    return stems, torch.stack(images)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Running G on cells.
+
+
+@dataclass
+class Tiles:
+    """Images [K, 3, R, R] in [-1, 1] and, for conditional G, the shaded render of rep(p) [K, 3, R, R] in [-1, 1]."""
+
+    images: torch.Tensor
+    renders: torch.Tensor | None = None
+
+
+@dataclass
+class GridResult:
+    """One figure: rows x cols generated cells (row-major, K <= rows * cols), optional header row / column.
+
+    p [K, 257] is the exact coefficient vector each cell was conditioned on (None for an unconditional G); names [K]
+    name the per-cell files; col_headers has `cols` tiles, row_headers `rows` tiles.
+    """
+
+    rows: int
+    cols: int
+    cells: Tiles
+    names: list[str]
+    p: torch.Tensor | None = None
+    row_headers: Tiles | None = None
+    col_headers: Tiles | None = None
+
+
+class Sampler:
+    """Runs G (and the renderer for rep(p)) on cells in batches; a cell's output never depends on its batch."""
+
+    def __init__(self, G: torch.nn.Module, renderer: torch.nn.Module | None, device: torch.device,
+                 truncation_psi: float = 1.0, noise_mode: str = "const", batch: int = 8,
+                 progress: bool = True) -> None:  # fmt: skip
+        if noise_mode not in ("const", "random", "none"):
+            raise UserError(f"noise mode must be const, random or none, not {noise_mode!r}")
+        if G.is_conditional and renderer is None:
+            raise UserError("a 3DMM-conditional generator needs a renderer for rep(p)")
+        self.G, self.renderer, self.device = G, renderer, device
+        self.psi, self.noise_mode, self.batch, self.progress = truncation_psi, noise_mode, max(int(batch), 1), progress
+
+    @torch.no_grad()
+    def mapping(self, seeds: Sequence[int]) -> torch.Tensor:
+        """w+ [N, num_ws, w_dim] on device for z of seeds, truncated toward w_avg by psi."""
+        z = seed_z(seeds, self.G.z_dim).to(self.device)
+        return torch.cat([self.G.mapping(z[i : i + self.batch], self.psi) for i in range(0, len(z), self.batch)])
+
+    @torch.no_grad()
+    def render(self, p: torch.Tensor) -> torch.Tensor:
+        """rep [N, 9, R, R] in [-1, 1] for coefficients p [N, 257]."""
+        p = p.to(self.device)
+        return torch.cat([make_rep(self.renderer, p[i : i + self.batch], self.G.img_resolution)
+                          for i in range(0, len(p), self.batch)])  # fmt: skip
+
+    @torch.no_grad()
+    def synthesize(self, ws: torch.Tensor, p: torch.Tensor | None, noise_seeds: Sequence[int],
+                   desc: str = "generating") -> Tiles:  # fmt: skip
+        """Cells ws [K, num_ws, w_dim] + p [K, 257] (None if unconditional) -> Tiles on the CPU."""
+        if self.G.is_conditional and p is None:
+            raise UserError("this generator is 3DMM-conditional: every cell needs a p")
+        images, renders = [], []
+        starts = range(0, len(ws), self.batch)
+        for i in tqdm.tqdm(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
+            ws_b = ws[i : i + self.batch].to(self.device)
+            rep = self.render(p[i : i + self.batch]) if self.G.is_conditional else None
+            feats = self.G.features(rep) if rep is not None else None
+            if self.noise_mode == "random":
+                # Per-cell seeded noise: torch.randn inside the layers would otherwise tie a cell to its batch.
+                imgs = [self._one_random(ws_b[j : j + 1], None if feats is None else [f[j : j + 1] for f in feats],
+                                         noise_seeds[i + j]) for j in range(len(ws_b))]  # fmt: skip
+                images.append(torch.cat(imgs).cpu())
+            else:
+                images.append(self.G.synthesis(ws_b, feats, noise_mode=self.noise_mode).float().cpu())
+            if rep is not None:
+                renders.append(rep_render(rep).cpu())
+        return Tiles(torch.cat(images), torch.cat(renders) if renders else None)
+
+    def _one_random(self, ws: torch.Tensor, feats: list[torch.Tensor] | None, seed: int) -> torch.Tensor:
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # leave the caller's RNG stream untouched
+            torch.manual_seed(seed)
+            return self.G.synthesis(ws, feats, noise_mode="random").float()
+
+    def generate(self, seeds: Sequence[int], p: torch.Tensor | None, desc: str = "generating") -> Tiles:
+        """G(z(seeds[k]), rep(p[k])) for each k: Tiles of N images."""
+        return self.synthesize(self.mapping(seeds), p, seeds, desc)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The figures.
+
+
+def _check_bank(G: torch.nn.Module, bank: torch.Tensor | None, mode: str) -> None:
+    if not G.is_conditional:
+        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but this snapshot is unconditional (--no-cond); "
+                        "use 'images' or 'style-mix'")  # fmt: skip
+    if bank is None:
+        raise UserError(f"'{mode}' needs a p bank (a dataset's labels or a .npy [M, 257])")
+
+
+def images_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor | None, cols: int) -> GridResult:
+    """Plain samples: cell k = G(z(seeds[k]), rep(p(seeds[k]))) laid out `cols` wide (last row may be short)."""
+    if s.G.is_conditional and bank is None:
+        raise UserError("this snapshot is 3DMM-conditional: images need a p bank")
+    p = bank_p(bank, seeds) if s.G.is_conditional else None
+    cols = max(1, min(cols, len(seeds)))
+    tiles = s.generate(seeds, p)
+    return GridResult(math.ceil(len(seeds) / cols), cols, tiles, [f"seed{x:04d}" for x in seeds], p)
+
+
+def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int) -> GridResult:
+    """Fig. 3: [base, base with ATTR_GROUPS[attr] from `count` donor rows of the bank], all with z(seed)."""
+    _check_bank(s.G, bank, "vary")
+    if attr not in ATTR_GROUPS:
+        raise UserError(f"unknown attribute {attr!r}; choose one of {', '.join(ATTR_GROUPS)}")
+    base = p_index(seed, len(bank))
+    donors = bank[donor_indices(seed, len(bank), count, exclude=base)]
+    p = torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
+    tiles = s.synthesize(s.mapping([seed]).repeat(len(p), 1, 1), p, [seed] * len(p), desc=f"vary {attr}")
+    return GridResult(1, len(p), tiles, [f"seed{seed:04d}-col{c:02d}" for c in range(len(p))], p)
+
+
+def resample_z_grid(s: Sampler, seeds: Sequence[int], z_seeds: Sequence[int], bank: torch.Tensor) -> GridResult:
+    """Fig. 4: row r keeps p(seeds[r]); column c uses z(z_seeds[c])."""
+    _check_bank(s.G, bank, "resample-z")
+    p = bank_p(bank, seeds).repeat_interleave(len(z_seeds), dim=0)
+    ws = s.mapping(z_seeds).repeat(len(seeds), 1, 1)
+    tiles = s.synthesize(ws, p, list(z_seeds) * len(seeds), desc="resample z")
+    names = [f"seed{r:04d}-z{c:04d}" for r in seeds for c in z_seeds]
+    return GridResult(len(seeds), len(z_seeds), tiles, names, p)
+
+
+def resample_p_grid(s: Sampler, seeds: Sequence[int], p_seeds: Sequence[int], bank: torch.Tensor) -> GridResult:
+    """Fig. 8: row r keeps z(seeds[r]); column c uses p(p_seeds[c])."""
+    _check_bank(s.G, bank, "resample-p")
+    p = bank_p(bank, p_seeds).repeat(len(seeds), 1)
+    ws = s.mapping(seeds).repeat_interleave(len(p_seeds), dim=0)
+    noise_seeds = [r for r in seeds for _ in p_seeds]
+    tiles = s.synthesize(ws, p, noise_seeds, desc="resample p")
+    names = [f"seed{r:04d}-p{c:04d}" for r in seeds for c in p_seeds]
+    return GridResult(len(seeds), len(p_seeds), tiles, names, p)
+
+
+@torch.no_grad()
+def reconstruct(reconstructor: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                batch: int = 8) -> torch.Tensor:  # fmt: skip
+    """FR on images [C, 3, H, W] in [-1, 1] -> coefficients [C, 257] float32 on the CPU."""
+    return torch.cat([reconstructor(images[i : i + batch].to(device)).float().cpu()
+                      for i in range(0, len(images), batch)])  # fmt: skip
+
+
+def reference_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor, ref_images: torch.Tensor,
+                   ref_p: torch.Tensor, ref_names: Sequence[str]) -> GridResult:  # fmt: skip
+    """Fig. 6: row r = generated face of seeds[r]; column c takes REFERENCE_GROUPS from ref_p[c] (FR of photo c).
+
+    ref_images [C, 3, R, R] in [-1, 1] head the columns (beside the render of their reconstruction).
+    """
+    _check_bank(s.G, bank, "reference")
+    base = bank_p(bank, seeds)
+    p = mix_groups(base, ref_p.to(base.dtype), REFERENCE_GROUPS).reshape(-1, NUM_COEFFS)
+    row_headers = s.generate(seeds, base, desc="identities")
+    ws = s.mapping(seeds).repeat_interleave(len(ref_p), dim=0)
+    noise_seeds = [r for r in seeds for _ in ref_p]
+    tiles = s.synthesize(ws, p, noise_seeds, desc="reference")
+    col_headers = Tiles(ref_images.float().cpu(), rep_render(s.render(ref_p)).cpu())
+    names = [f"seed{r:04d}-ref-{c}" for r in seeds for c in ref_names]
+    return GridResult(len(seeds), len(ref_p), tiles, names, p, row_headers, col_headers)
+
+
+def style_mix_grid(s: Sampler, row_seeds: Sequence[int], col_seeds: Sequence[int], bank: torch.Tensor | None,
+                   layers: Sequence[int], p_seed: int | None = None) -> GridResult:  # fmt: skip
+    """Fig. 7: cell (r, c) = w+ of row source r with `layers` taken from column source c, conditioned on row r's p.
+
+    Each source's p comes from its own seed, or all from p_seed (fig. 7 uses one p for every image).
+    """
+    if s.G.is_conditional and bank is None:
+        raise UserError("this snapshot is 3DMM-conditional: style mixing needs a p bank")
+    bad = [k for k in layers if not 0 <= k < s.G.num_ws]
+    if not layers or bad:
+        raise UserError(f"style-mixing layers must be a non-empty subset of 0-{s.G.num_ws - 1}, got {list(layers)}")
+
+    def p_of(seeds: Sequence[int]) -> torch.Tensor | None:
+        if not s.G.is_conditional:
+            return None
+        return bank_p(bank, seeds if p_seed is None else [p_seed] * len(seeds))
+
+    row_ws, col_ws = s.mapping(row_seeds), s.mapping(col_seeds)
+    row_p, col_p = p_of(row_seeds), p_of(col_seeds)
+    row_headers = s.synthesize(row_ws, row_p, row_seeds, desc="source A")
+    col_headers = s.synthesize(col_ws, col_p, col_seeds, desc="source B")
+    ws = row_ws.repeat_interleave(len(col_seeds), dim=0)
+    ws[:, list(layers)] = col_ws.repeat(len(row_seeds), 1, 1)[:, list(layers)]
+    p = row_p.repeat_interleave(len(col_seeds), dim=0) if row_p is not None else None
+    noise_seeds = [r for r in row_seeds for _ in col_seeds]
+    tiles = s.synthesize(ws, p, noise_seeds, desc="style mix")
+    names = [f"row{r:04d}-col{c:04d}" for r in row_seeds for c in col_seeds]
+    return GridResult(len(row_seeds), len(col_seeds), tiles, names, p, row_headers, col_headers)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _tile(tiles: Tiles | None, k: int, show_rep: bool, size: int) -> torch.Tensor:
+    """Tile k as [3, R, R] (or [3, R, 2R]: image | render); black when absent."""
+    width = 2 * size if show_rep else size
+    if tiles is None or k >= len(tiles.images):
+        return torch.full([3, size, width], -1.0)
+    if not show_rep:
+        return tiles.images[k]
+    if tiles.renders is None:
+        raise UserError("--show-rep needs the rep(p) renders, which only a 3DMM-conditional snapshot has")
+    return torch.cat([tiles.images[k], tiles.renders[k]], dim=2)
+
+
+def compose_grid(result: GridResult, show_rep: bool = False) -> torch.Tensor:
+    """The figure as one image [3, H, W] in [-1, 1]: H = (rows + header) R, W = (cols + header) R (x2 with rep)."""
+    size = result.cells.images.shape[-1]
+    header_row, header_col = result.col_headers is not None, result.row_headers is not None
+    rows = []
+    if header_row:
+        corner = [_tile(None, 0, show_rep, size)] if header_col else []
+        rows.append(corner + [_tile(result.col_headers, c, show_rep, size) for c in range(result.cols)])
+    for r in range(result.rows):
+        head = [_tile(result.row_headers, r, show_rep, size)] if header_col else []
+        rows.append(head + [_tile(result.cells, r * result.cols + c, show_rep, size) for c in range(result.cols)])
+    return torch.cat([torch.cat(row, dim=2) for row in rows], dim=1)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3] (the rounding StyleGAN2 uses for its PNGs)."""
+    return (image.permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+
+
+def save_grid(result: GridResult, outdir: str, stem: str, show_rep: bool = False,
+              save_images: bool = False) -> list[str]:  # fmt: skip
+    """Write <stem>.png, <stem>-p.npy ([rows, cols, 257] p per cell, NaN for empty cells) and, with save_images,
+    <stem>/<cell name>.png per generated cell; returns the written paths."""
+    os.makedirs(outdir, exist_ok=True)
+    path = os.path.join(outdir, f"{stem}.png")
+    PIL.Image.fromarray(to_uint8(compose_grid(result, show_rep))).save(path)
+    written = [path]
+    if result.p is not None:
+        p = np.full([result.rows * result.cols, NUM_COEFFS], np.nan, dtype=np.float32)
+        p[: len(result.p)] = result.p.cpu().numpy()
+        written.append(os.path.join(outdir, f"{stem}-p.npy"))
+        np.save(written[-1], p.reshape(result.rows, result.cols, NUM_COEFFS))
+    if save_images:
+        folder = os.path.join(outdir, stem)
+        os.makedirs(folder, exist_ok=True)
+        for k, name in enumerate(result.names):
+            written.append(os.path.join(folder, f"{name}.png"))
+            PIL.Image.fromarray(to_uint8(result.cells.images[k])).save(written[-1])  # the sample alone
+    return written
