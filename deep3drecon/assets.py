@@ -34,6 +34,8 @@ RECON_HELP = (
     "(https://github.com/sicxu/Deep3DFaceRecon_pytorch#inference-with-a-pre-trained-model)"
 )
 SYNTHETIC_FR_BACKBONE = "resnet18"
+# Bump when the synthetic face model or the synthetic-FR recipe changes, so stale caches are not reused.
+SYNTHETIC_FR_VERSION = 1
 
 
 def cache_dir() -> Path:
@@ -113,6 +115,11 @@ def synthetic_face_model_path(seed: int = 0) -> Path:
     return dest
 
 
+def _synthetic_recon_file() -> Path:
+    """Cache location of the synthetic FR checkpoint (name carries backbone and recipe version)."""
+    return cache_dir() / f"synthetic_recon_{SYNTHETIC_FR_BACKBONE}_v{SYNTHETIC_FR_VERSION}.pth"
+
+
 def synthetic_recon_path(progress: bool = True) -> Path:
     """Cached small FR trained on synthetic-face renders (deep3drecon.train_synthetic_fr defaults), built once.
 
@@ -121,7 +128,7 @@ def synthetic_recon_path(progress: bool = True) -> Path:
     """
     from deep3drecon.train_synthetic_fr import SyntheticFRConfig, train_synthetic_fr
 
-    dest = cache_dir() / f"synthetic_recon_{SYNTHETIC_FR_BACKBONE}.pth"
+    dest = _synthetic_recon_file()
     if dest.is_file():
         return dest
     if progress:
@@ -152,7 +159,7 @@ def check_assets(
     bfm_path = Path(bfm).expanduser() if bfm is not None else cache_dir() / BFM_FILENAME
     ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else cache_dir() / RECON_FILENAME
     synth_mat = cache_dir() / "synthetic_face_model_seed0.mat"
-    synth_fr = cache_dir() / f"synthetic_recon_{SYNTHETIC_FR_BACKBONE}.pth"
+    synth_fr = _synthetic_recon_file()
     try:
         import nvdiffrast.torch as nvdr_module
 

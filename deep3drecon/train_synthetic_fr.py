@@ -19,12 +19,25 @@ Images: rendered at `render_resolution` (default: the FR resolution, 64), compos
 with the FaceReconstructor's own resize if needed, and half of them blurred (Gaussian, sigma 0.3-1 px) so that both
 aliased renders and antialiased downsamples of generator images look familiar.
 
-Loss: per-group weighted MSE of prior-normalised coefficients,
-    L = sum_g w_g * mean_{n, k in g} ((p_hat - p) / sigma_k)^2,    sigma_k = prior std of coefficient k,
-with w_g = 1 for every group, so each group counts equally whatever its units.
+Loss: a per-group weighted coefficient MSE whose weight matrix is the metric the face model induces,
+    L = sum_g w_g * mean_n(d_g^T M_g d_g) / E_prior[p_g^T M_g p_g],    d_g = p_hat_g - p_g,  w_g = 1,
+with M_id = B_id^T B_id / V and M_exp = B_exp^T B_exp / V (mean squared vertex displacement, dm^2), M_tex =
+B_tex^T B_tex / (255^2 V) (mean squared albedo change) and M_g = diag(1 / sigma_g^2) for angle, gamma and trans.
+Most of the 224 shape/albedo coefficients barely change a 64 px image; weighting them by their visible effect
+keeps their (unlearnable) noise from drowning the gradient of the ones that matter. The denominator is the loss of
+predicting the prior mean, so every group starts at 1 and counts equally whatever its units.
 
-Reported: per-group mean absolute error on a held-out set, and its ratio to the trivial predictor's error
-(`coeff_error_by_group`). Usage: python -m deep3drecon.train_synthetic_fr --out PATH [--steps N] ...
+Reported on a held-out set: per-group mean absolute coefficient error and its ratio to the trivial predictor's
+(`coeff_error_by_group`), and the same ratio in the model metric above (RMS, `metric_error_by_group`), which shows
+how much of the VISIBLE variation is recovered.
+
+Measured with the defaults (seed 0, resnet18 at 64 px, 300 steps x 32, Adam 1e-3, torch rasterizer) on 2 CPU
+cores: 237 s wall including writing the synthetic face model. Held-out relative error (coefficient MAE / model
+metric RMS): angle 0.55 / 0.62 (MAE 0.07 rad = 4 deg), trans 0.68 / 0.59, gamma 0.83 / 0.87, tex 1.05 / 0.68,
+id 1.01 / 0.87, exp 1.00 / 0.98. So it recovers pose, framing, lighting and the dominant albedo directions; the
+individual id/exp coefficients (each ~1 px of motion at 64 px) are not identified. lr 2e-3 learned slower.
+
+Usage: python -m deep3drecon.train_synthetic_fr --out PATH [--steps N] [--backbone resnet18] [--resolution 64] ...
 """
 
 from __future__ import annotations
@@ -57,7 +70,7 @@ class SyntheticFRConfig:
     backbone: str = "resnet18"
     resolution: int = 64  # FR input size S (stored in the checkpoint; FaceReconstructor resizes inputs to it)
     render_resolution: int | None = None  # None -> render at `resolution` (rasterizing is the costly part)
-    steps: int = 500
+    steps: int = 300  # ~4 min on 2 CPU cores (module docstring has measured errors)
     batch: int = 32
     lr: float = 1e-3
     eval_size: int = 256
@@ -152,22 +165,65 @@ def coeff_error_by_group(pred: torch.Tensor, target: torch.Tensor) -> dict[str, 
     return result
 
 
-def weighted_coeff_loss(pred: torch.Tensor, target: torch.Tensor, std: torch.Tensor, weights: dict[str, float]):
-    """Scalar loss: sum over groups of w_g * mean(((pred - target) / std)^2) over the group's coefficients."""
-    err = ((pred - target) / std).square()
-    return sum(w * err[:, COEFF_SLICES[name]].mean() for name, w in weights.items())
+def group_metrics(face_model: FaceModel) -> dict[str, torch.Tensor]:
+    """Per-group metric matrices M_g [k_g, k_g] (module docstring): model-space change per coefficient change."""
+    num_v = face_model.num_vertices
+    std = prior_std()
+    metrics = {
+        "id": face_model.id_base.T @ face_model.id_base / num_v,
+        "exp": face_model.exp_base.T @ face_model.exp_base / num_v,
+        "tex": face_model.tex_base.T @ face_model.tex_base / (255.0**2 * num_v),
+    }
+    for name in ("angle", "gamma", "trans"):
+        metrics[name] = torch.diag(std[COEFF_SLICES[name]] ** -2)
+    return {name: metrics[name].detach().float().cpu() for name in COEFF_SLICES}
 
 
-def format_errors(errors: dict[str, dict[str, float]]) -> str:
-    """Multi-line table of `coeff_error_by_group` output."""
-    lines = [f"{'group':<6} {'MAE':>9} {'trivial':>9} {'relative':>9}"]
+def _quadratic(delta: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
+    """Per-sample d^T M d for d [N, k], M [k, k] -> [N]."""
+    return ((delta @ metric) * delta).sum(dim=1)
+
+
+def metric_loss(
+    pred: torch.Tensor, target: torch.Tensor, metrics: dict[str, torch.Tensor], weights: dict[str, float]
+) -> torch.Tensor:
+    """Scalar training loss sum_g w_g * mean_n(d^T M_g d) / trivial_g (module docstring); pred, target [N, 257]."""
+    std = prior_std().to(pred.device)
+    loss = pred.new_zeros(())
+    for name, w in weights.items():
+        sl, metric = COEFF_SLICES[name], metrics[name].to(pred.device)
+        trivial = (torch.diagonal(metric) * std[sl] ** 2).sum()  # E[p^T M p] for independent zero-mean p
+        loss = loss + w * _quadratic(pred[:, sl] - target[:, sl], metric).mean() / trivial
+    return loss
+
+
+def metric_error_by_group(
+    pred: torch.Tensor, target: torch.Tensor, metrics: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """Per group: RMS error in the model metric relative to the trivial predictor (target mean); 0 = perfect."""
+    pred, target = pred.detach().double().cpu(), target.detach().double().cpu()
+    result = {}
+    for name, sl in COEFF_SLICES.items():
+        metric, t = metrics[name].double(), target[:, sl]
+        err = _quadratic(pred[:, sl] - t, metric).mean()
+        trivial = _quadratic(t - t.mean(dim=0, keepdim=True), metric).mean()
+        result[name] = float((err / trivial.clamp_min(1e-30)).sqrt())
+    return result
+
+
+def format_errors(errors: dict[str, dict[str, float]], metric_errors: dict[str, float] | None = None) -> str:
+    """Multi-line table of `coeff_error_by_group` (and optionally `metric_error_by_group`) output."""
+    lines = [
+        f"{'group':<6} {'MAE':>9} {'trivial':>9} {'relative':>9}" + ("  model-metric rel. RMS" if metric_errors else "")
+    ]
     for name, e in errors.items():
-        lines.append(f"{name:<6} {e['mae']:9.4f} {e['trivial_mae']:9.4f} {e['relative']:9.3f}")
+        extra = f"  {metric_errors[name]:9.3f}" if metric_errors else ""
+        lines.append(f"{name:<6} {e['mae']:9.4f} {e['trivial_mae']:9.4f} {e['relative']:9.3f}{extra}")
     return "\n".join(lines)
 
 
 def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Train per `cfg`, save with save_recon_net to `out` (if given) -> {'errors', 'wall_s', 'config'}."""
+    """Train per `cfg`; save with save_recon_net to `out` if given -> {errors, metric_errors, wall_s, config}."""
     from deep3drecon.assets import synthetic_face_model_path  # lazy: assets imports this module lazily too
     from deep3drecon.render import Renderer
 
@@ -177,7 +233,7 @@ def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = N
     face_model = FaceModel.from_mat(cfg.face_model or synthetic_face_model_path())
     renderer = Renderer(face_model, backend=cfg.backend)
     net = ReconNet(cfg.backbone, input_size=cfg.resolution)
-    std = prior_std()
+    metrics = group_metrics(face_model)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     # Short linear warm-up (Adam + freshly initialised BatchNorm overshoot at full lr), then cosine decay to 0 so the
     # last steps average out the noise of small batches, which matters in a run this short.
@@ -193,7 +249,7 @@ def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = N
     loss_sum, loss_count, t_tick = 0.0, 0, time.time()
     for step in range(cfg.steps):
         img, coeffs = make_batch(renderer, cfg, cfg.batch, gen_train)
-        loss = weighted_coeff_loss(net(img), coeffs, std, cfg.group_weights)
+        loss = metric_loss(net(img), coeffs, metrics, cfg.group_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -215,13 +271,15 @@ def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = N
             img, coeffs = make_batch(renderer, cfg, min(cfg.batch, cfg.eval_size - start), gen_eval)
             preds.append(net(img))
             targets.append(coeffs)
-    errors = coeff_error_by_group(torch.cat(preds), torch.cat(targets))
+    pred, target = torch.cat(preds), torch.cat(targets)
+    errors, metric_errors = coeff_error_by_group(pred, target), metric_error_by_group(pred, target, metrics)
     wall_s = time.time() - t_start
-    log(f"held-out per-group coefficient error ({cfg.eval_size} faces):\n{format_errors(errors)}", flush=True)
+    table = format_errors(errors, metric_errors)
+    log(f"held-out per-group coefficient error ({cfg.eval_size} faces):\n{table}", flush=True)
     if out is not None:
         save_recon_net(net, out)
         log(f"saved {out}  (total {wall_s:.1f} s)", flush=True)
-    return {"errors": errors, "wall_s": wall_s, "config": dataclasses.asdict(cfg)}
+    return {"errors": errors, "metric_errors": metric_errors, "wall_s": wall_s, "config": dataclasses.asdict(cfg)}
 
 
 @click.command()

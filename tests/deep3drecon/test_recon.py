@@ -401,6 +401,35 @@ def test_train_synthetic_fr_cli_writes_loadable_checkpoint(synthetic_mat: Path, 
     assert set(report["errors"]) == {"id", "exp", "tex", "angle", "gamma", "trans"}
 
 
+def test_metric_loss_measures_vertex_and_albedo_change(synthetic_mat: Path) -> None:
+    from deep3drecon.face_model import FaceModel
+    from deep3drecon.train_synthetic_fr import group_metrics, metric_loss, prior_std, sample_coeffs
+
+    face_model = FaceModel.from_mat(synthetic_mat)
+    metrics = group_metrics(face_model)
+    gen = torch.Generator().manual_seed(0)
+    target, pred = sample_coeffs(4, gen), sample_coeffs(4, gen)
+    d = pred - target
+    # Independent: mean squared vertex displacement / albedo change computed through the face model itself.
+    shape_d = face_model.compute_shape(d[:, :80], torch.zeros(4, 64)) - face_model.compute_shape(
+        torch.zeros(4, 80), torch.zeros(4, 64)
+    )
+    albedo_d = face_model.compute_albedo(d[:, 144:224]) - face_model.compute_albedo(torch.zeros(4, 80))
+    quad = lambda x, m: ((x @ m) * x).sum(dim=1)  # noqa: E731
+    torch.testing.assert_close(quad(d[:, :80], metrics["id"]), shape_d.square().sum(-1).mean(-1), rtol=1e-3, atol=0)
+    torch.testing.assert_close(
+        quad(d[:, 144:224], metrics["tex"]), albedo_d.square().sum(-1).mean(-1), rtol=1e-3, atol=0
+    )
+    weights = {name: 1.0 for name in metrics}
+    assert metric_loss(target, target, metrics, weights) == 0
+    big = sample_coeffs(4096, gen)
+    trivial = metric_loss(torch.zeros_like(big), big, metrics, weights)
+    assert trivial == pytest.approx(6.0, rel=0.05)  # each of the 6 groups is normalised to 1 for the prior mean
+    only_angle = {name: float(name == "angle") for name in metrics}
+    expected = ((big[:, 224:227] / prior_std()[224:227]) ** 2).mean()  # diagonal metric: normalised MSE
+    torch.testing.assert_close(metric_loss(torch.zeros_like(big), big, metrics, only_angle), expected)
+
+
 @pytest.fixture(scope="module")
 def face_scene(synthetic_mat: Path, tmp_path_factory: pytest.TempPathFactory):
     """A 224 render of the synthetic face on grey, its 68 landmarks (y-down) and a random resnet18 checkpoint."""
@@ -474,3 +503,26 @@ def test_reconstruct_cli_errors_are_one_line(face_scene, tmp_path: Path) -> None
     result = CliRunner().invoke(main, base + ["--landmarks", str(bad), "--bfm", str(root / "fr.pth")])
     assert result.exit_code == 1 and "5 or 68" in result.output
     assert not (tmp_path / "o").exists()  # validation happens before anything is written
+
+
+def test_synthetic_recon_path_trains_once_then_uses_the_cache(
+    synthetic_mat: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import deep3drecon.train_synthetic_fr as tsf
+
+    monkeypatch.setenv("TAXFREE3DMM_CACHE", str(tmp_path))
+    (tmp_path / synthetic_mat.name).write_bytes(synthetic_mat.read_bytes())  # skip regenerating the face model
+    calls = []
+
+    def fake_train(cfg, out=None, progress=True):  # stands in for the minutes-long training run
+        calls.append(cfg)
+        save_recon_net(ReconNet(cfg.backbone, input_size=cfg.resolution), out)
+        return {}
+
+    monkeypatch.setattr(tsf, "train_synthetic_fr", fake_train)
+    path = assets.synthetic_recon_path(progress=False)
+    assert path.parent == tmp_path and len(calls) == 1
+    assert calls[0].face_model == str(tmp_path / synthetic_mat.name)
+    assert assets.synthetic_recon_path(progress=False) == path and len(calls) == 1  # cached: no second run
+    assert load_recon_net(path).backbone_name == "resnet18"
+    assert {s.name: s.found for s in assets.check_assets()}["synthetic FR"]
