@@ -115,7 +115,7 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
     grid_z = torch.randn([gw if c.cond else gw * gh, c.z_dim], generator=grid_gen).to(device)
     grid_rep = make_rep(renderer, p_bank[grid_idx.to(device)], R) if c.cond else None
     if rank == 0 and resume_state is None:
-        reals = np.stack([dataset[int(i)][0] for i in grid_idx.repeat_interleave(gw)])
+        reals = np.stack([dataset[int(i)][0] for i in torch.randint(len(dataset), [gw * gh], generator=grid_gen)])
         save_image_grid(reals, os.path.join(run_dir, "reals.png"), gw, drange=(0, 255))
         if grid_rep is not None:
             save_image_grid(grid_rep[:, :3].repeat_interleave(gw, 0), os.path.join(run_dir, "reps.png"), gw)
