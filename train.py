@@ -180,9 +180,13 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
             run_dir = next_run_dir(outdir, "-".join(parts))
             c.desc = desc
         if c.metrics:
-            from metrics.registry import check_metric_names
+            from metrics.registry import check_metric_names, get_metric
 
             check_metric_names(c.metrics)
+            if any(get_metric(m).needs_real_images for m in c.metrics) and not dry_run:
+                from metrics.features import resolve_inception_weights
+
+                resolve_inception_weights()  # fetch once here, not in every rank at the first snapshot
     except UserError as e:
         raise click.ClickException(str(e)) from None
 

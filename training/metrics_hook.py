@@ -16,20 +16,20 @@ def run_snapshot_metrics(c: TrainConfig, G_ema: torch.nn.Module, dataset, render
     """Evaluate every metric in c.metrics and append results to run_dir/metric-<name>.jsonl (rank 0 writes)."""
     from metrics.registry import MetricContext, calc_metric, report_metric
 
-    reconstructor = consistency.reconstructor if consistency is not None else None
-    if reconstructor is None and c.cond and c.recon_ckpt is not None:
-        from training.face_pipeline import build_reconstructor
-
-        reconstructor = build_reconstructor(c.recon_ckpt, device, c.recon_backbone)
-    ctx = MetricContext(
-        G=G_ema, dataset=dataset, p_bank=dataset.labels if c.cond else None, reconstructor=reconstructor,
-        make_rep=functools.partial(make_rep, renderer, size=dataset.resolution) if renderer is not None else None,
-        device=device, rank=rank, num_gpus=world_size, batch_size=max(c.batch // world_size, 8),
-        num_workers=c.workers, seed=c.seed)
-    # Metrics draw their own seeds; fork the global RNG so that training continues as if they had not run
-    # (keeps resumed runs identical to uninterrupted ones).
+    # Metrics draw their own seeds (and building an FR initialises weights); fork the global RNG so that training
+    # continues as if they had not run (keeps resumed runs identical to uninterrupted ones).
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
+        reconstructor = consistency.reconstructor if consistency is not None else None
+        if reconstructor is None and c.cond and c.recon_ckpt is not None:
+            from training.face_pipeline import build_reconstructor
+
+            reconstructor = build_reconstructor(c.recon_ckpt, device, c.recon_backbone)
+        ctx = MetricContext(
+            G=G_ema, dataset=dataset, p_bank=dataset.labels if c.cond else None, reconstructor=reconstructor,
+            make_rep=functools.partial(make_rep, renderer, size=dataset.resolution) if renderer is not None else None,
+            device=device, rank=rank, num_gpus=world_size, batch_size=max(c.batch // world_size, 8),
+            num_workers=c.workers, seed=c.seed)
         for name in c.metrics:
             result = calc_metric(name, ctx)
             if rank == 0:
