@@ -108,44 +108,17 @@ def cli() -> None:
     help="Which json record's landmarks/file_path to use (auto: whichever exists)",
 )
 @common_options
-def ffhq(
-    source: str,
-    landmarks_json: str,
-    landmark_set: str,
-    dest: str,
-    resolution: int,
-    bfm: str | None,
-    recon_ckpt: str | None,
-    max_images: int | None,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
-) -> None:
+def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> None:
     """Realign FFHQ from its 68 landmarks to the Deep3DFaceRecon framing at R and label it with FR."""
-    from training.dataset_builder import build_realigned_dataset, list_ffhq
+    from training.dataset_builder import list_ffhq
 
-    _check_resolution(resolution)
+    _check_resolution(opts["resolution"])
     items, used = _run(
-        list_ffhq, source=source, landmarks_json=landmarks_json, landmark_set=landmark_set, max_images=max_images
-    )
+        list_ffhq, source=source, landmarks_json=landmarks_json, landmark_set=landmark_set,
+        max_images=opts["max_images"],
+    )  # fmt: skip
     click.echo(f"{len(items)} FFHQ entries, landmarks from the '{used}' records.")
-    report = _run(
-        build_realigned_dataset,
-        items=items,
-        dest=dest,
-        resolution=resolution,
-        recon_ckpt=recon_ckpt,
-        bfm=bfm,
-        mode="ffhq",
-        source=source,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        extra_meta={"landmark_set": used},
-    )
-    _finish(report)
+    _build_realigned(items, "ffhq", source, opts, extra_meta={"landmark_set": used})
 
 
 @cli.command()
@@ -156,38 +129,21 @@ def ffhq(
     help="Folder of face photos (recursive); landmarks in <name>.txt beside each (5 or 68 rows 'x y')",
 )
 @common_options
-def images(
-    source: str,
-    dest: str,
-    resolution: int,
-    bfm: str | None,
-    recon_ckpt: str | None,
-    max_images: int | None,
-    batch_size: int,
-    workers: int | None,
-    device: str,
-    progress: bool,
-) -> None:
+def images(source: str, **opts: Any) -> None:
     """Align any folder of face photos with landmark files and label them with FR."""
-    from training.dataset_builder import build_realigned_dataset, list_image_folder
+    from training.dataset_builder import list_image_folder
 
-    _check_resolution(resolution)
-    items = _run(list_image_folder, source=source, max_images=max_images)
-    report = _run(
-        build_realigned_dataset,
-        items=items,
-        dest=dest,
-        resolution=resolution,
-        recon_ckpt=recon_ckpt,
-        bfm=bfm,
-        mode="images",
-        source=source,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-    )
-    _finish(report)
+    _check_resolution(opts["resolution"])
+    items = _run(list_image_folder, source=source, max_images=opts["max_images"])
+    _build_realigned(items, "images", source, opts)
+
+
+def _build_realigned(items: list, mode: str, source: str, opts: dict[str, Any], extra_meta: dict | None = None) -> None:
+    """Shared tail of `ffhq` and `images`: align, label with FR, write, report."""
+    from training.dataset_builder import build_realigned_dataset
+
+    opts = {k: v for k, v in opts.items() if k != "max_images"}  # already applied when listing the items
+    _finish(_run(build_realigned_dataset, items=items, mode=mode, source=source, extra_meta=extra_meta, **opts))
 
 
 @cli.command()

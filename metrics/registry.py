@@ -19,6 +19,7 @@ from metrics.disentanglement import compute_ds
 from metrics.fid import compute_fid
 from metrics.kid import compute_kid
 from torch_utils.errors import UserError
+from torch_utils.misc import format_time
 
 __all__ = [
     "MetricContext",
@@ -108,16 +109,6 @@ def check_metric_names(names: list[str]) -> None:
     unknown = [name for name in names if name not in _METRICS]
     if unknown:
         raise UserError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(_METRICS)}")
-
-
-def format_time(seconds: float) -> str:
-    """Seconds -> '45s', '3m 05s', '1h 02m 03s'."""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
 
 
 def calc_metric(name: str, ctx: MetricContext) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from torch_utils import distributed
+from torch_utils.misc import format_time
 from torch_utils.training_stats import StatsCollector
 from training import snapshot
 from training.config import TrainConfig
@@ -25,18 +26,6 @@ from training.loss import GANLoss
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
 from training.rep import make_rep
-
-
-def format_time(seconds: float) -> str:
-    """12s, 3m 04s, 1h 02m 03s, 2d 03h 04m."""
-    s = int(np.rint(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
-    return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
 
 
 def _log(rank: int, msg: str) -> None:

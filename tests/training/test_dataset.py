@@ -72,3 +72,10 @@ def test_sampler_splits_ranks_and_resumes():
     assert r0 == full[0::2] and r1 == full[1::2]
     # Resuming at a per-rank position continues exactly the same stream.
     assert take(InfiniteSampler(size, 1, world, seed=3, start=7), 13) == r1[7:20]
+
+
+def test_format_time():
+    from torch_utils.misc import format_time
+
+    assert [format_time(s) for s in (12.4, 184, 3723, 2 * 86400 + 3 * 3600 + 4 * 60 + 5)] == [
+        "12s", "3m 04s", "1h 02m 03s", "2d 03h 04m"]
