@@ -2,9 +2,10 @@
 
   python benchmarks/bench_training.py --cfg paper256 --iters 20            # GPU: the paper's setting
   python benchmarks/bench_training.py --cfg smoke --iters 10 --no-cond     # the speed "tax" of the method
-Runs the real training loop on a throw-away random dataset (throughput does not depend on image content) with a
-random-weight FR in the official layout unless --recon-ckpt is given; face model: --bfm or the synthetic one
-(the BFM has ~36k vertices vs a few thousand: pass --bfm for representative rendering cost).
+Runs the real training loop on a throw-away random dataset (throughput does not depend on image content). FR:
+--recon-ckpt, else the synthetic FR for presets on the built-in synthetic world (smoke), else a random-weight
+ResNet-50 in the official layout (the release's cost). Face model: --bfm or the synthetic one (the BFM has ~36k
+vertices vs a few thousand: pass --bfm for representative rendering cost).
 """
 
 from __future__ import annotations
@@ -65,13 +66,16 @@ def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolut
         res = resolution or (c.builtin_data or {}).get("resolution", 256)
         data = os.path.join(tmp, "data.zip")
         _random_dataset(data, res, num=max(c.batch * 2, 64))
-        c.data, c.builtin_data, c.metrics = data, None, []
+        c.data, c.metrics = data, []
         if c.cond:
             c.bfm = bfm or str(assets.synthetic_face_model_path())
-            if recon_ckpt is None:
-                recon_ckpt = os.path.join(tmp, "fr.pth")
+            if recon_ckpt is None and c.builtin_data is not None:
+                recon_ckpt = str(assets.synthetic_recon_path())  # the FR this preset really trains with
+            elif recon_ckpt is None:
+                recon_ckpt = os.path.join(tmp, "fr.pth")  # the release's architecture: resnet50 at 224
                 save_recon_net(ReconNet(backbone="resnet50"), recon_ckpt)
             c.recon_ckpt = recon_ckpt
+        c.builtin_data = None
         c.tick_kimg = (c.batch - 0.5) / 1000  # one tick per iteration (robust to float rounding)
         c.kimg = c.batch * (iters + 1) / 1000
         c.snap = 10**9
