@@ -15,20 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from deep3drecon.face_model import COEFF_SLICES, NUM_COEFFS  # noqa: F401 (re-exported for the metrics)
 from metrics.features import FeatureExtractorFactory, inception_factory
 from torch_utils.errors import UserError
-
-# Coefficient layout p [N, 257] (Deep3DFaceRecon_pytorch order), mirrored from deep3drecon.face_model.COEFF_SLICES
-# so that the metrics can be tested without the face model; tests check that the two agree.
-COEFF_SLICES: dict[str, slice] = {
-    "id": slice(0, 80),
-    "exp": slice(80, 144),
-    "tex": slice(144, 224),
-    "angle": slice(224, 227),
-    "gamma": slice(227, 254),
-    "trans": slice(254, 257),
-}
-NUM_COEFFS = 257
 
 
 def default_cache_dir() -> str:

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from metrics.context import COEFF_SLICES
 from metrics.disentanglement import (
     DS_FACTORS,
     accumulate_ds_spreads,
@@ -109,10 +108,3 @@ def test_ds_rejects_unconditional_generators(make_ctx):
     ctx.G.is_conditional = False
     with pytest.raises(ValueError, match="conditioned"):
         compute_ds(ctx, num_sets=2, samples_per_set=2)
-
-
-def test_coeff_layout_agrees_with_the_face_model():
-    face_model = pytest.importorskip("deep3drecon.face_model")
-    assert {k: (v.start, v.stop) for k, v in face_model.COEFF_SLICES.items()} == {
-        k: (v.start, v.stop) for k, v in COEFF_SLICES.items()
-    }
