@@ -11,8 +11,8 @@ setup(
     packages=find_packages(include=["torch_utils*", "training*", "deep3drecon*", "metrics*"]),
     package_data={"torch_utils.ops": ["*.cpp", "*.cu", "*.h"]},
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.3",
+        "torchvision>=0.18",
         "numpy>=1.24",
         "scipy>=1.10",
         "click>=8.0",
