@@ -22,7 +22,7 @@ import torch
 from torch_utils import distributed
 from torch_utils.errors import UserError
 from training import snapshot
-from training.config import TrainConfig, resolve_config
+from training.config import TrainConfig, resolve_config, validate
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
@@ -91,15 +91,12 @@ def run_worker(rank: int, c: TrainConfig, run_dir: str, resume_state: str | None
     from training.training_loop import training_loop
 
     world_size = c.gpus
-    if init_method is None and distributed.launched_by_torchrun():
-        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    else:
-        local_rank = rank
+    local_rank = int(os.environ.get("LOCAL_RANK", 0)) if distributed.launched_by_torchrun() else rank
     device = pick_device(c, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    distributed.init_process_group(rank, world_size, device, init_method)
+    if not distributed.is_initialized():  # torchrun ranks joined in main() already
+        distributed.init_process_group(rank, world_size, device, init_method)
     if rank == 0:
         log = open(os.path.join(run_dir, "log.txt"), "a")
         sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
@@ -114,14 +111,58 @@ def run_worker(rank: int, c: TrainConfig, run_dir: str, resume_state: str | None
 def launch(c: TrainConfig, run_dir: str, resume_state: str | None) -> None:
     """Run in this process (1 GPU / CPU / under torchrun) or spawn c.gpus processes."""
     if distributed.launched_by_torchrun():
-        c.gpus = int(os.environ["WORLD_SIZE"])
-        run_worker(int(os.environ["RANK"]), c, run_dir, resume_state, None)
+        run_worker(distributed.get_rank(), c, run_dir, resume_state, None)
     elif c.gpus == 1:
         run_worker(0, c, run_dir, resume_state, None)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             init_method = f"file://{os.path.abspath(os.path.join(tmp, '.torch_distributed_init'))}"
             torch.multiprocessing.spawn(run_worker, args=(c, run_dir, resume_state, init_method), nprocs=c.gpus)
+
+
+def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple[TrainConfig, str, str | None]:
+    """Resolve the config (or the resumed one), build missing assets, pick the run directory. Raises UserError."""
+    if flags.get("metrics") is not None:
+        flags["metrics"] = [] if flags["metrics"] == "none" else [m for m in flags["metrics"].split(",") if m]
+    outdir, desc = flags.pop("outdir"), flags.pop("desc")
+    resume_state = None
+    if resume is not None:
+        resume_state = snapshot.resolve_resume(resume, outdir)
+        saved = snapshot.safe_load(resume_state)
+        if saved.get("format") != snapshot.STATE_FORMAT:
+            raise UserError(f"--resume needs a training-state-*.pt, not a network snapshot: {resume_state}")
+        ignored = sorted(k for k, v in flags.items() if v is not None and k not in RESUME_OVERRIDABLE)
+        if ignored:
+            raise UserError(f"--resume continues the saved config; only {', '.join(RESUME_OVERRIDABLE)} may change, "
+                            f"not: {', '.join(ignored)}")
+        c = TrainConfig.from_dict(saved["config"])
+        for key in RESUME_OVERRIDABLE:
+            if flags.get(key) is not None:
+                setattr(c, key, flags[key])
+        validate(c)
+        run_dir = os.path.dirname(os.path.abspath(resume_state))
+    else:
+        c = resolve_config(cfg, flags)
+        c.outdir = outdir
+        c = prepare_assets(c)
+        data_name = os.path.splitext(os.path.basename(c.data.rstrip("/")))[0]
+        parts = [c.cfg, data_name, f"gpus{c.gpus}", f"batch{c.batch}", f"gamma{c.gamma:g}"]
+        parts += ["nocond"] if not c.cond else []
+        parts += [desc] if desc else []
+        run_dir = next_run_dir(outdir, "-".join(parts))
+        c.desc = desc
+    if not distributed.launched_by_torchrun() and c.device != "cpu" and torch.cuda.is_available():
+        if c.gpus > torch.cuda.device_count():
+            raise UserError(f"--gpus {c.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if c.metrics:
+        from metrics.registry import check_metric_names, get_metric
+
+        check_metric_names(c.metrics)
+        if any(get_metric(m).needs_real_images for m in c.metrics) and not dry_run:
+            from metrics.features import resolve_inception_weights
+
+            resolve_inception_weights()  # fetch once here, not in every rank at the first snapshot
+    return c, run_dir, resume_state
 
 
 @click.command(context_settings={"show_default": True, "max_content_width": 120})
@@ -154,51 +195,40 @@ def launch(c: TrainConfig, run_dir: str, resume_state: str | None) -> None:
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and exit")
 def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
     """Train the 3DMM-conditioned generator (or the --no-cond baseline) from a preset plus overrides."""
-    try:
-        if flags.get("metrics") is not None:
-            flags["metrics"] = [] if flags["metrics"] == "none" else [m for m in flags["metrics"].split(",") if m]
-        outdir, desc = flags.pop("outdir"), flags.pop("desc")
-        resume_state = None
-        if resume is not None:
-            resume_state = snapshot.resolve_resume(resume, outdir)
-            saved = snapshot.safe_load(resume_state)
-            if saved.get("format") != snapshot.STATE_FORMAT:
-                raise UserError(f"--resume needs a training-state-*.pt, not a network snapshot: {resume_state}")
-            c = TrainConfig.from_dict(saved["config"])
-            for key in RESUME_OVERRIDABLE:
-                if flags.get(key) is not None:
-                    setattr(c, key, flags[key])
-            run_dir = os.path.dirname(os.path.abspath(resume_state))
-        else:
-            c = resolve_config(cfg, flags)
-            c.outdir = outdir
-            c = prepare_assets(c)
-            data_name = os.path.splitext(os.path.basename(c.data.rstrip("/")))[0]
-            parts = [c.cfg, data_name, f"gpus{c.gpus}", f"batch{c.batch}", f"gamma{c.gamma:g}"]
-            parts += ["nocond"] if not c.cond else []
-            parts += [desc] if desc else []
-            run_dir = next_run_dir(outdir, "-".join(parts))
-            c.desc = desc
-        if c.metrics:
-            from metrics.registry import check_metric_names, get_metric
+    torchrun = distributed.launched_by_torchrun()
+    if torchrun:
+        # Under torchrun every rank runs this script: rank 0 alone resolves, builds assets and picks the run
+        # directory, then shares the outcome, so that all nodes agree on one run (and fail together on bad input).
+        distributed.init_torchrun()
+        flags["gpus"] = distributed.get_world_size()
+    outcome: list = [None]
+    if distributed.get_rank() == 0:
+        try:
+            outcome = [("ok", setup_run(cfg, resume, dry_run, flags))]
+        except UserError as e:
+            outcome = [("error", str(e))]
+    if torchrun:
+        distributed.broadcast_objects(outcome)
+    status, value = outcome[0]
+    if status == "error":
+        distributed.shutdown()
+        raise click.ClickException(value)
+    c, run_dir, resume_state = value
 
-            check_metric_names(c.metrics)
-            if any(get_metric(m).needs_real_images for m in c.metrics) and not dry_run:
-                from metrics.features import resolve_inception_weights
-
-                resolve_inception_weights()  # fetch once here, not in every rank at the first snapshot
-    except UserError as e:
-        raise click.ClickException(str(e)) from None
-
-    print(json.dumps(c.to_dict(), indent=2))
-    print(f"Output directory: {run_dir}")
+    if distributed.get_rank() == 0:
+        print(json.dumps(c.to_dict(), indent=2))
+        print(f"Output directory: {run_dir}")
     if dry_run:
-        print("Dry run; exiting.")
+        if distributed.get_rank() == 0:
+            print("Dry run; exiting.")
+        distributed.shutdown()
         return
-    os.makedirs(run_dir, exist_ok=True)
-    if resume_state is None:
-        with open(os.path.join(run_dir, "training_options.json"), "w") as f:
-            json.dump(c.to_dict(), f, indent=2)
+    if distributed.get_rank() == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        if resume_state is None:
+            with open(os.path.join(run_dir, "training_options.json"), "w") as f:
+                json.dump(c.to_dict(), f, indent=2)
+    distributed.barrier()
     launch(c, run_dir, resume_state)
 
 

@@ -32,15 +32,25 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
-def init_process_group(rank: int, world_size: int, device: torch.device, init_method: str | None) -> None:
-    """Join the process group: NCCL on CUDA, gloo on CPU. init_method None means env:// (torchrun)."""
-    if world_size <= 1 and init_method is None and not launched_by_torchrun():
+def init_process_group(rank: int, world_size: int, device: torch.device, init_method: str) -> None:
+    """Join a process group of `world_size` spawned processes: NCCL on CUDA, gloo on CPU (no-op for one process)."""
+    if world_size <= 1:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if init_method is None:
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
-    else:
-        dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+    dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
+
+
+def init_torchrun() -> None:
+    """Join the torchrun job early (before any device is chosen): gloo for CPU tensors, NCCL for CUDA ones."""
+    if not is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+
+
+def broadcast_objects(objects: list, src: int = 0) -> None:
+    """Replace `objects` (a list of picklable Python values) on every rank by rank `src`'s, in place."""
+    if is_initialized() and get_world_size() > 1:
+        dist.broadcast_object_list(objects, src=src)
 
 
 def shutdown() -> None:

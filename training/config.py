@@ -101,6 +101,9 @@ def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
     values.update(load_preset(cfg))
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["cfg"] = os.path.splitext(os.path.basename(cfg))[0]
+    for key in ("data", "bfm", "recon_ckpt"):  # absolute, so resume/metrics/generate work from any directory
+        if values.get(key) is not None:
+            values[key] = os.path.abspath(values[key])
     config = TrainConfig.from_dict(values)
     validate(config)
     return config
@@ -116,8 +119,10 @@ def validate(c: TrainConfig) -> None:
     batch_gpu = c.batch_gpu or per_gpu
     if batch_gpu < 1 or per_gpu % batch_gpu != 0:
         raise UserError(f"--batch-gpu={batch_gpu} must divide the per-GPU batch {per_gpu} (= batch / gpus)")
-    if batch_gpu % min(c.mbstd_group, batch_gpu) != 0:
-        raise UserError(f"--batch-gpu={batch_gpu} must be divisible by the minibatch-stddev group {c.mbstd_group}")
+    if batch_gpu % c.mbstd_group != 0:
+        # A smaller pass would silently shrink D's minibatch-stddev group and change the model being trained.
+        raise UserError(f"images per GPU pass ({batch_gpu}) must be a multiple of the minibatch-stddev group "
+                        f"{c.mbstd_group}; raise --batch-gpu or lower --mbstd-group")
     if c.kimg <= 0 or c.tick_kimg <= 0 or c.snap < 1:
         raise UserError("--kimg and --tick must be positive and --snap at least 1")
     if c.gamma < 0 or c.lambda_cons < 0 or c.blend_kimg < 0:

@@ -25,10 +25,14 @@ def run_snapshot_metrics(c: TrainConfig, G_ema: torch.nn.Module, dataset, render
             from training.face_pipeline import build_reconstructor
 
             reconstructor = build_reconstructor(c.recon_ckpt, device, c.recon_backbone)
+        if getattr(dataset, "xflip", False):  # metrics see the dataset as it is, like calc_metrics.py
+            from training.dataset import ImageLabelDataset
+
+            dataset = ImageLabelDataset(dataset.path)
         ctx = MetricContext(
             G=G_ema, dataset=dataset, p_bank=dataset.labels if c.cond else None, reconstructor=reconstructor,
             make_rep=functools.partial(make_rep, renderer, size=dataset.resolution) if renderer is not None else None,
-            device=device, rank=rank, num_gpus=world_size, batch_size=max(c.batch // world_size, 8),
+            device=device, rank=rank, num_gpus=world_size, batch_size=c.batch_gpu or c.batch // world_size,
             num_workers=c.workers, seed=c.seed)
         for name in c.metrics:
             result = calc_metric(name, ctx)

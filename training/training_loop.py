@@ -44,6 +44,8 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
     torch.backends.cudnn.allow_tf32 = False
     batch_gpu = c.batch_gpu or c.batch // world_size
     num_rounds = c.batch // (batch_gpu * world_size)
+    if batch_gpu * num_rounds * world_size != c.batch:  # would silently train on a different batch than counted
+        raise ValueError(f"batch {c.batch} is not {world_size} process(es) x rounds x {batch_gpu} images")
 
     # Data: real images for D, and the empirical bank of coefficients p sampled independently for G.
     dataset = ImageLabelDataset(c.data, resolution=c.resolution, xflip=c.xflip)
@@ -72,7 +74,9 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
     mb_ratio = c.d_reg_interval / (c.d_reg_interval + 1)
     opt_G = torch.optim.Adam(G.parameters(), lr=c.glr, betas=(0.0, 0.99), eps=1e-8)
     opt_D = torch.optim.Adam(D.parameters(), lr=c.dlr * mb_ratio, betas=(0.0, 0.99**mb_ratio), eps=1e-8)
-    rng = torch.Generator(device=device).manual_seed(c.seed * world_size + rank)
+    # z/p stream seeded apart from torch's global generator, so it never replays weight init or noise numbers.
+    rng_seed = int(np.random.SeedSequence([c.seed, rank, 1]).generate_state(1)[0])
+    rng = torch.Generator(device=device).manual_seed(rng_seed)
 
     cur_nimg = cur_tick = batch_idx = 0
     if resume_state is not None:
@@ -88,6 +92,9 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
             if device.type == "cuda" and f"torch_cuda{rank}" in state["rng"]:
                 torch.cuda.set_rng_state(state["rng"][f"torch_cuda{rank}"], device)
         _log(rank, f"Resumed from {resume_state} at {cur_nimg / 1000:.1f} kimg")
+        if cur_nimg >= int(c.kimg * 1000):
+            _log(rank, f"Already trained for {c.kimg} kimg; raise --kimg to continue.")
+            return {"cur_nimg": cur_nimg, "cur_tick": cur_tick - 1, "batch_idx": batch_idx}
     for module in (G, D, G_ema):
         distributed.broadcast_module(module)
 
@@ -100,7 +107,7 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
     # Fixed grid: each row keeps p fixed, each column keeps z fixed (noise_mode const).
     gw, gh = grid_size(R)
     grid_gen = torch.Generator().manual_seed(c.seed)
-    grid_idx = torch.randint(len(dataset), [gh], generator=grid_gen)
+    grid_idx = torch.randint(len(p_bank), [gh], generator=grid_gen)
     grid_z = torch.randn([gw if c.cond else gw * gh, c.z_dim], generator=grid_gen).to(device)
     grid_rep = make_rep(renderer, p_bank[grid_idx.to(device)], R) if c.cond else None
     if rank == 0 and resume_state is None:

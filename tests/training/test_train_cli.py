@@ -33,6 +33,7 @@ def invoke(*args: str):
         (["--data", "{data}"], "the conditional method needs --bfm"),
         (["--resume", "latest", "--outdir", "{tmp}"], "no run in"),
         (["--gamma", "-1"], "-1"),
+        (["--batch-gpu", "4", "--no-cond", "--data", "{data}"], "multiple of the minibatch-stddev group 8"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, data, tmp_path):
@@ -60,3 +61,22 @@ def test_presets_hold_the_paper_settings():
     assert (c.z_dim, c.map_layers, c.style_mixing_prob, c.mbstd_group, c.channel_base) == (64, 2, 0.0, 8, 16384)
     for name in ("paper256", "smoke"):
         TrainConfig.from_dict(dict(TrainConfig().to_dict(), **load_preset(name)))  # no unknown keys
+
+
+def test_resume_rejects_flags_it_would_ignore_and_revalidates(tmp_path):
+    import torch
+
+    from tests.training.test_training_loop import tiny_config
+    from training.training_loop import training_loop
+
+    data = str(tmp_path / "d.zip")
+    write_image_dataset(data, num=4, resolution=8)
+    run = tmp_path / "runs" / "00000-tiny"
+    run.mkdir(parents=True)
+    training_loop(tiny_config(data, kimg=0.004), str(run), torch.device("cpu"))
+    result = invoke("--resume", "latest", "--outdir", str(tmp_path / "runs"), "--gamma", "3")
+    assert result.exit_code != 0 and "not: gamma" in result.output
+    result = invoke("--resume", str(run), "--batch-gpu", "3")
+    assert result.exit_code != 0 and "--batch-gpu=3 must divide" in result.output
+    result = invoke("--resume", str(run), "--kimg", "0.008", "-n")
+    assert result.exit_code == 0 and f"Output directory: {run}" in result.output

@@ -146,3 +146,21 @@ def test_train_cli_two_process_gloo_run(tmp_path, dataset_path):
     assert state["cur_nimg"] == 16 and state["config"]["gpus"] == 2
     log = open(tmp_path / "runs" / run_dir / "log.txt").read()
     assert "batch 4 = 2 process(es) x 1 round(s) x 2" in log
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_agree_on_one_run(tmp_path, dataset_path):
+    preset = tmp_path / "tiny.json"
+    preset.write_text(json.dumps({k: v for k, v in TINY.items() if k != "cfg"}))
+    proc = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py", "--cfg",
+                 str(preset), "--data", dataset_path, "--kimg", "0.008", "--outdir", str(tmp_path / "runs")], cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # Rank 0 alone picked the run directory; the world size came from torchrun, not from --gpus.
+    (run_dir,) = os.listdir(tmp_path / "runs")
+    assert "gpus2" in run_dir
+    state = torch.load(snapshot.latest_training_state(str(tmp_path / "runs" / run_dir)), weights_only=True)
+    assert state["cur_nimg"] == 8 and set(state["rng"]) >= {"rank0", "rank1"}
+    # Bad input fails on every rank with one clear line, instead of hanging the job.
+    proc = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py", "--cfg", "nope"],
+                cwd=REPO)
+    assert proc.returncode != 0 and "unknown preset 'nope'" in proc.stderr
