@@ -31,18 +31,32 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown renderer backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    device_type = torch.device(device).type
-    if backend == "nvdiffrast" and not rasterize_nvdiffrast.is_available():
-        raise UserError(
-            f"renderer backend 'nvdiffrast' is not available (needs CUDA and nvdiffrast); "
-            f"{rasterize_nvdiffrast.INSTALL_HINT}"
-        )
+    device = torch.device(device)
+    if backend == "nvdiffrast":
+        if device.type != "cuda":
+            raise UserError("renderer backend 'nvdiffrast' needs a CUDA device; use 'torch' or 'auto' on CPU")
+        if not rasterize_nvdiffrast.is_available():
+            raise UserError(
+                f"renderer backend 'nvdiffrast' is not available (needs CUDA and nvdiffrast); "
+                f"{rasterize_nvdiffrast.INSTALL_HINT}"
+            )
+        failure = rasterize_nvdiffrast.probe(device)
+        if failure is not None:
+            raise UserError(f"renderer backend 'nvdiffrast' is installed but does not work here ({failure}); "
+                            f"{rasterize_nvdiffrast.INSTALL_HINT}")
     if backend == "auto":
-        use_nv = device_type == "cuda" and rasterize_nvdiffrast.is_available()
+        failure = None
+        if device.type == "cuda" and rasterize_nvdiffrast.is_available():
+            failure = rasterize_nvdiffrast.probe(device)
+        use_nv = device.type == "cuda" and rasterize_nvdiffrast.is_available() and failure is None
         backend = "nvdiffrast" if use_nv else "torch"
-        if (device_type, backend) not in _announced:
-            _announced.add((device_type, backend))
-            logger.info("renderer: using the %s rasterizer on %s", backend, device_type)
+        if (device.type, backend) not in _announced:
+            _announced.add((device.type, backend))
+            if failure is not None:
+                logger.warning("renderer: nvdiffrast is installed but unusable (%s); using the torch rasterizer",
+                               failure)
+            else:
+                logger.info("renderer: using the %s rasterizer on %s", backend, device.type)
     return backend
 
 

@@ -20,10 +20,11 @@ INSTALL_HINT = (
 
 # One rasterizer context per CUDA device: contexts are expensive to create and meant to be reused.
 _contexts: dict[torch.device, object] = {}
+_probe_failures: dict[torch.device, str] = {}
 
 
 def is_available() -> bool:
-    """True if the ``nvdiffrast.torch`` package can be imported (without importing it) and CUDA is usable."""
+    """True if ``nvdiffrast.torch`` can be found and CUDA is usable (cheap; does not import or build it)."""
     try:
         found = importlib.util.find_spec("nvdiffrast") is not None
     except (ImportError, ValueError):
@@ -31,11 +32,32 @@ def is_available() -> bool:
     return found and torch.cuda.is_available()
 
 
+def probe(device: torch.device) -> str | None:
+    """Try to make a rasterizer context on ``device``; None if it works, else why not (cached per device).
+
+    Finding the package is not enough: old releases lack RasterizeCudaContext, and the plugin may fail to build
+    or load on first use. 'auto' must fall back to the torch backend in all of these cases, not crash.
+    """
+    device = torch.device(device)
+    if device in _contexts:
+        return None
+    if device in _probe_failures:
+        return _probe_failures[device]
+    try:
+        _context(device)
+        return None
+    except Exception as err:  # any import/build/driver failure means: not usable here
+        _probe_failures[device] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        return _probe_failures[device]
+
+
 def _context(device: torch.device) -> object:
     """The cached ``RasterizeCudaContext`` for ``device``."""
     import nvdiffrast.torch as dr  # lazy: optional extra
 
     if device not in _contexts:
+        if not hasattr(dr, "RasterizeCudaContext"):
+            raise ImportError("this nvdiffrast release has no RasterizeCudaContext (needs >= 0.3)")
         _contexts[device] = dr.RasterizeCudaContext(device=device)
     return _contexts[device]
 

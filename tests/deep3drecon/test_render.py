@@ -211,7 +211,7 @@ def test_backend_selection() -> None:
         resolve_backend("opengl", "cpu")
     if "nvdiffrast" not in available_backends():
         with pytest.raises(UserError, match="install"):
-            resolve_backend("nvdiffrast", "cpu")
+            resolve_backend("nvdiffrast", "cuda")
 
 
 def uv_sphere(rings: int, segments: int, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -349,3 +349,18 @@ def test_renderer_gradients_reach_coefficients(face_model: FaceModel) -> None:
         ("trans", slice(254, 257)),
     ):
         assert grad[sl].abs().sum() > 0, f"no gradient reaches {name}"
+
+
+def test_auto_falls_back_when_nvdiffrast_is_installed_but_broken(monkeypatch) -> None:
+    from deep3drecon.render import rasterize_nvdiffrast
+
+    monkeypatch.setattr(rasterize_nvdiffrast, "is_available", lambda: True)
+    # An old release / failed plugin build: the context cannot be created on this device.
+    monkeypatch.setattr(rasterize_nvdiffrast, "probe", lambda device: "ImportError: no RasterizeCudaContext")
+    assert resolve_backend("auto", "cuda") == "torch"
+    with pytest.raises(UserError, match="installed but does not work here"):
+        resolve_backend("nvdiffrast", "cuda")
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        resolve_backend("nvdiffrast", "cpu")
+    monkeypatch.setattr(rasterize_nvdiffrast, "probe", lambda device: None)
+    assert resolve_backend("auto", "cuda") == "nvdiffrast" and resolve_backend("auto", "cpu") == "torch"
