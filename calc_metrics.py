@@ -72,6 +72,9 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
 
         bfm = opts.bfm if opts.bfm is not None else config.get("bfm")
         recon = opts.recon_ckpt if opts.recon_ckpt is not None else config.get("recon_ckpt")
+        for value, flag in ((bfm, "--bfm"), (recon if needs_fr else None, "--recon-ckpt")):
+            if value is not None and not os.path.isfile(value):
+                raise UserError(f"{value} (recorded in the snapshot or given) does not exist; pass {flag}")
         if bfm is None or (needs_fr and recon is None):
             print("Using the built-in synthetic face model / FR: numbers are only meaningful for smoke tests.")
         opts.bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())

@@ -160,10 +160,12 @@ def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
             raise UserError("no p bank: pass --data (a dataset with 3DMM labels) or --p-bank (.npy [M, 257])")
         bank = cg.load_p_bank(bank_source)
         bfm = opts.bfm or config.get("bfm")
+        if opts.bfm is None and bfm is not None and not os.path.isfile(bfm):
+            raise UserError(f"the snapshot was trained with the face model {bfm}, which no longer exists; pass --bfm")
         if bfm is None:
             _log(opts, "The snapshot used the built-in synthetic face model; rendering rep(p) with it.")
         bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())
-        backend = opts.render_backend or config.get("render_backend") or "auto"
+        backend = opts.render_backend or "auto"  # both backends render the same contract; pick what runs here
         renderer = build_renderer(bfm, backend, device)
     sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
                          batch=opts.batch, progress=opts.verbose)  # fmt: skip
@@ -250,6 +252,9 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
         raise UserError(f"--images: folder not found: {images_dir}")
     s = open_session(opts, "reference", needs_p=True)
     ckpt = recon_ckpt or s.config.get("recon_ckpt")
+    if recon_ckpt is None and ckpt is not None and not os.path.isfile(ckpt):
+        raise UserError(f"the snapshot was trained with the FR checkpoint {ckpt}, which no longer exists; "
+                        "pass --recon-ckpt")
     if ckpt is None:
         _log(opts, "The snapshot used the built-in synthetic FR; reconstructing the references with it.")
     ckpt = str(assets.resolve_recon_checkpoint(ckpt) if ckpt is not None else assets.synthetic_recon_path(

@@ -65,25 +65,19 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
 
 
-def prepare_assets(c: TrainConfig) -> TrainConfig:
-    """Fill in built-in data and face assets (building them once, with progress) and open the dataset to check it."""
+def prepare_assets(c: TrainConfig) -> str:
+    """Build missing built-in assets once (with progress), open the dataset to check it; returns its path."""
     from training.dataset import ImageLabelDataset
+    from training.face_pipeline import resolve_run_assets
 
-    if c.data is None and c.builtin_data is not None:
-        from training.builtin_data import builtin_dataset_path
-
-        c.data = builtin_dataset_path(**c.builtin_data)
-    dataset = ImageLabelDataset(c.data, resolution=c.resolution)
+    data, _, _ = resolve_run_assets(c, progress=True)
+    dataset = ImageLabelDataset(data, resolution=c.resolution)
     c.resolution = dataset.resolution
-    if c.cond:
-        if dataset.label_dim != 257:
-            raise UserError(f"{c.data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
-                            "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")
-        from training.face_pipeline import resolve_face_assets
-
-        c.bfm, c.recon_ckpt = resolve_face_assets(c.bfm, c.recon_ckpt)
+    if c.cond and dataset.label_dim != 257:
+        raise UserError(f"{data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
+                        "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")
     dataset.close()
-    return c
+    return data
 
 
 def run_worker(rank: int, c: TrainConfig, run_dir: str, resume_state: str | None, init_method: str | None) -> None:
@@ -144,8 +138,8 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     else:
         c = resolve_config(cfg, flags)
         c.outdir = outdir
-        c = prepare_assets(c)
-        data_name = os.path.splitext(os.path.basename(c.data.rstrip("/")))[0]
+        data_path = prepare_assets(c)
+        data_name = os.path.splitext(os.path.basename(data_path.rstrip("/")))[0]
         parts = [c.cfg, data_name, f"gpus{c.gpus}", f"batch{c.batch}", f"gamma{c.gamma:g}"]
         parts += ["nocond"] if not c.cond else []
         parts += [desc] if desc else []

@@ -17,9 +17,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils.errors import UserError  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
 from training.dataset import ImageLabelDataset  # noqa: E402
 from training.diagnostics import derivative_sparsity, feature_derivative_maps, maps_to_image  # noqa: E402
-from training.face_pipeline import build_renderer  # noqa: E402
+from training.face_pipeline import build_renderer, resolve_run_assets  # noqa: E402
 from training.snapshot import load_network  # noqa: E402
 
 
@@ -40,10 +41,13 @@ def main(network: str, outdir: str, data: str | None, bfm: str | None, render_ba
         G = load_network(network, device)
         if not G.is_conditional:
             raise UserError("this snapshot is unconditional (--no-cond): it has no injected features")
-        config = G.snapshot_config
-        dataset = ImageLabelDataset(data or config["data"])
-        renderer = build_renderer(bfm or config["bfm"], render_backend, device)
-    except (UserError, KeyError) as e:
+        config = TrainConfig.from_dict(G.snapshot_config)
+        if data is None or bfm is None:  # the run's own assets (built-in ones are rebuilt if the cache moved)
+            run_data, run_bfm, _ = resolve_run_assets(config, progress=True)
+            data, bfm = data or run_data, bfm or run_bfm
+        dataset = ImageLabelDataset(data)
+        renderer = build_renderer(bfm, render_backend, device)
+    except UserError as e:
         raise click.ClickException(str(e)) from None
     bank = torch.as_tensor(dataset.labels, device=device)
     std = bank.std(dim=0).clamp(min=1e-6)

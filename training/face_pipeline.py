@@ -23,6 +23,21 @@ def resolve_face_assets(bfm: str | None, recon_ckpt: str | None, progress: bool 
     return str(bfm_path), str(ckpt_path)
 
 
+def resolve_run_assets(c, progress: bool = False) -> tuple[str, str | None, str | None]:
+    """(dataset, face model, FR checkpoint) paths of a run config; None in the config selects the built-in ones.
+
+    The config keeps what the user asked for (None = built-in synthetic data / face model / FR), so a snapshot
+    stays usable after the cache moves: the built-in assets are rebuilt on demand. Face paths are None for --no-cond.
+    """
+    from training.builtin_data import builtin_dataset_path
+
+    data = c.data if c.data is not None else builtin_dataset_path(**c.builtin_data, progress=progress)
+    if not c.cond:
+        return data, None, None
+    bfm, ckpt = resolve_face_assets(c.bfm, c.recon_ckpt, progress=progress)
+    return data, bfm, ckpt
+
+
 def build_renderer(bfm_path: str, backend: str, device: torch.device) -> Renderer:
     """Renderer of the face model at bfm_path on device; backend auto | torch | nvdiffrast."""
     return Renderer(FaceModel.from_mat(bfm_path), backend=backend).to(device)

@@ -11,8 +11,8 @@ from training.rep import make_rep
 
 
 def run_snapshot_metrics(c: TrainConfig, G_ema: torch.nn.Module, dataset, renderer: torch.nn.Module | None,
-                         consistency: torch.nn.Module | None, run_dir: str, kimg_tag: str, device: torch.device,
-                         rank: int, world_size: int) -> None:
+                         consistency: torch.nn.Module | None, recon_path: str | None, run_dir: str, kimg_tag: str,
+                         device: torch.device, rank: int, world_size: int) -> None:
     """Evaluate every metric in c.metrics and append results to run_dir/metric-<name>.jsonl (rank 0 writes)."""
     from metrics.registry import MetricContext, calc_metric, report_metric
 
@@ -21,10 +21,10 @@ def run_snapshot_metrics(c: TrainConfig, G_ema: torch.nn.Module, dataset, render
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         reconstructor = consistency.reconstructor if consistency is not None else None
-        if reconstructor is None and c.cond and c.recon_ckpt is not None:
+        if reconstructor is None and recon_path is not None:
             from training.face_pipeline import build_reconstructor
 
-            reconstructor = build_reconstructor(c.recon_ckpt, device, c.recon_backbone)
+            reconstructor = build_reconstructor(recon_path, device, c.recon_backbone)
         if getattr(dataset, "xflip", False):  # metrics see the dataset as it is, like calc_metrics.py
             from training.dataset import ImageLabelDataset
 

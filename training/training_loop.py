@@ -21,6 +21,7 @@ from training import snapshot
 from training.config import TrainConfig
 from training.consistency import ConsistencyLoss, blend_alpha
 from training.dataset import ImageLabelDataset, make_loader
+from training.face_pipeline import resolve_run_assets
 from training.grids import generate_grid, grid_size, save_image_grid
 from training.loss import GANLoss
 from training.networks import Discriminator, Generator
@@ -48,7 +49,8 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
         raise ValueError(f"batch {c.batch} is not {world_size} process(es) x rounds x {batch_gpu} images")
 
     # Data: real images for D, and the empirical bank of coefficients p sampled independently for G.
-    dataset = ImageLabelDataset(c.data, resolution=c.resolution, xflip=c.xflip)
+    data_path, bfm_path, recon_path = resolve_run_assets(c)
+    dataset = ImageLabelDataset(data_path, resolution=c.resolution, xflip=c.xflip)
     R = dataset.resolution
     _log(rank, f"Dataset: {dataset.path}: {len(dataset)} images, {R}x{R}, labels {dataset.label_dim}-d")
     p_bank = torch.as_tensor(dataset.labels, device=device)
@@ -65,9 +67,9 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
 
         if dataset.label_dim != 257:
             raise ValueError(f"the method needs 257-d 3DMM labels, the dataset has {dataset.label_dim}-d")
-        renderer = build_renderer(c.bfm, c.render_backend, device)
+        renderer = build_renderer(bfm_path, c.render_backend, device)
         if c.lambda_cons > 0:
-            consistency = ConsistencyLoss(renderer, build_reconstructor(c.recon_ckpt, device, c.recon_backbone))
+            consistency = ConsistencyLoss(renderer, build_reconstructor(recon_path, device, c.recon_backbone))
         _log(rank, f"Renderer backend: {renderer.backend}")
 
     # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2).
@@ -196,8 +198,8 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
                 if c.metrics:
                     from training.metrics_hook import run_snapshot_metrics
 
-                    run_snapshot_metrics(c, G_ema, dataset, renderer, consistency, run_dir, kimg_tag, device,
-                                         rank, world_size)
+                    run_snapshot_metrics(c, G_ema, dataset, renderer, consistency, recon_path, run_dir, kimg_tag,
+                                         device, rank, world_size)
                 distributed.barrier()
             cur_tick += 1
             tick_start_nimg, tick_start_time = cur_nimg, time.time()

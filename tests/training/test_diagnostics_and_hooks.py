@@ -111,7 +111,8 @@ def test_snapshot_metrics_hook_appends_jsonl_and_keeps_rng(conditional_snapshot,
     G = snapshot.load_network(path)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    run_snapshot_metrics(config, G, ImageLabelDataset(config.data), renderer, None, str(tmp_path), "000000",
+    run_snapshot_metrics(config, G, ImageLabelDataset(config.data), renderer, None, config.recon_ckpt, str(tmp_path),
+                         "000000",
                          torch.device("cpu"), 0, 1)
     assert torch.equal(torch.get_rng_state(), before)  # training continues as if metrics had not run
     (line,) = open(tmp_path / "metric-cons1k.jsonl").read().splitlines()

@@ -80,3 +80,29 @@ def test_resume_rejects_flags_it_would_ignore_and_revalidates(tmp_path):
     assert result.exit_code != 0 and "--batch-gpu=3 must divide" in result.output
     result = invoke("--resume", str(run), "--kimg", "0.008", "-n")
     assert result.exit_code == 0 and f"Output directory: {run}" in result.output
+
+
+def test_builtin_assets_stay_unresolved_in_the_saved_config(tmp_path, monkeypatch):
+    """The config records 'built-in' (None), so snapshots keep working after the asset cache moves."""
+    import torch
+
+    from deep3drecon import assets
+    from deep3drecon.recon_net import ReconNet, save_recon_net
+
+    fr = tmp_path / "fr.pth"
+    save_recon_net(ReconNet(backbone="resnet18", input_size=32), fr)
+    monkeypatch.setattr(assets, "synthetic_recon_path", lambda progress=True: fr)  # skip the minutes of training
+    preset = tmp_path / "mini.json"
+    preset.write_text(json.dumps({"builtin_data": {"count": 4, "resolution": 16, "seed": 0}, "batch": 4,
+                                  "mbstd_group": 4}))
+    result = invoke("--cfg", str(preset), "--outdir", str(tmp_path / "runs"), "-n")
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.output[result.output.index("{"): result.output.index("Output directory")])
+    assert config["data"] is None and config["bfm"] is None and config["recon_ckpt"] is None
+    assert config["resolution"] == 16 and config["cond"] is True
+    from training.config import TrainConfig
+    from training.face_pipeline import resolve_run_assets
+
+    data, bfm, ckpt = resolve_run_assets(TrainConfig.from_dict(config))
+    assert data.endswith("synthetic-4-16px-seed0.zip") and bfm.endswith(".mat") and ckpt == str(fr)
+    assert torch.load(ckpt, weights_only=True)["input_size"] == 32
