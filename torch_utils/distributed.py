@@ -104,6 +104,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def max_param_divergence(module: torch.nn.Module, ignore_suffixes: tuple[str, ...] = ("w_avg",)) -> float:
     """Largest |param_rank - param_rank0| over all ranks (0.0 means replicas are identical)."""
+    if not is_initialized() or get_world_size() == 1:
+        return 0.0
     worst = torch.zeros([], dtype=torch.float64)
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         if name.endswith(ignore_suffixes) or not tensor.is_floating_point():

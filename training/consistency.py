@@ -28,9 +28,9 @@ class ConsistencyLoss(torch.nn.Module):
         self.renderer = renderer
         self.reconstructor = reconstructor
 
-    def forward(self, fake: torch.Tensor, rep: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """fake [N, 3, R, R] in [-1, 1], rep = rep(p) [N, 9, R, R] -> (d [N], estimated coeffs [N, 257])."""
+    def forward(self, fake: torch.Tensor, rep: torch.Tensor, alpha: float) -> torch.Tensor:
+        """fake [N, 3, R, R] in [-1, 1], rep = rep(p) [N, 9, R, R] -> d [N] (eq. 6, per-element mean)."""
         blended = alpha * fake + (1.0 - alpha) * rep_render(rep)  # eq. 6: progressive blending
         coeffs_hat = self.reconstructor(blended)
         rep_hat = make_rep(self.renderer, coeffs_hat, fake.shape[-1])
-        return (rep_hat - rep).square().flatten(1).mean(dim=1), coeffs_hat
+        return (rep_hat - rep).square().flatten(1).mean(dim=1)

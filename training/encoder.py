@@ -15,6 +15,7 @@ from torch import nn
 
 from torch_utils.errors import UserError
 from training.networks import Conv2dLayer, block_resolutions, channels_at
+from training.rep import REP_CHANNELS
 
 
 class BottleneckBlock(nn.Module):
@@ -73,7 +74,7 @@ class RenderEncoder(nn.Module):
     def __init__(
         self,
         img_resolution: int,
-        rep_channels: int = 9,
+        rep_channels: int = REP_CHANNELS,
         channel_base: int = 16384,
         channel_max: int = 512,
         feat_channels: int | dict[int, int] | None = None,

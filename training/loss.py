@@ -49,7 +49,7 @@ class GANLoss:
             self.stats.report("Loss/signs/fake", logits.sign())
             loss = loss_gan
             if self.consistency is not None and gen_rep is not None and self.lambda_cons > 0:
-                dist, _ = self.consistency(fake, gen_rep, alpha)
+                dist = self.consistency(fake, gen_rep, alpha)
                 self.stats.report("Loss/G/consistency", dist)
                 loss = loss + self.lambda_cons * dist  # eq. 13
             self.stats.report("Loss/G/loss", loss_gan)

@@ -25,8 +25,3 @@ def make_rep(renderer: torch.nn.Module, coeffs: torch.Tensor, size: int) -> torc
 def rep_render(rep: torch.Tensor) -> torch.Tensor:
     """The shaded-render part r of rep [N, 9, R, R], as an image [N, 3, R, R] in [-1, 1]."""
     return rep[:, :3]
-
-
-def rep_to_images(rep: torch.Tensor) -> torch.Tensor:
-    """Split rep into three displayable RGB images [3, N, 3, R, R] in [-1, 1]: render, albedo, normals."""
-    return torch.stack([rep[:, 0:3], rep[:, 3:6], rep[:, 6:9]])

@@ -14,11 +14,6 @@ from metrics.features import images_to_uint8
 from metrics.fid import compute_fid, frechet_distance
 
 
-def _random_spd(rng: np.random.Generator, d: int) -> np.ndarray:
-    a = rng.standard_normal((d, d))
-    return a @ a.T / d + 0.1 * np.eye(d)
-
-
 def test_frechet_distance_of_a_set_with_itself_is_zero():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))

@@ -71,13 +71,13 @@ def test_consistency_is_zero_for_exact_generator_and_fr(renderer):
     rep = make_rep(renderer, p, R)
     loss = ConsistencyLoss(renderer, OracleFR(p, rep[:, :3]))
     for alpha in (0.0, 0.3, 1.0):
-        dist, p_hat = loss(rep[:, :3].clone(), rep, alpha)  # G outputs exactly r(p)
+        dist = loss(rep[:, :3].clone(), rep, alpha)  # G outputs exactly r(p)
         assert dist.shape == (2,)
         torch.testing.assert_close(dist, torch.zeros(2), rtol=0, atol=1e-10)
     # A generator that does not match r(p) is penalised once alpha lets its image through (eq. 6).
     wrong = rep[:, :3] + 0.2
-    assert (loss(wrong, rep, 0.0)[0] == 0).all()  # alpha = 0: FR sees only r(p)
-    assert (loss(wrong, rep, 1.0)[0] > 1e-4).all()
+    assert (loss(wrong, rep, 0.0) == 0).all()  # alpha = 0: FR sees only r(p)
+    assert (loss(wrong, rep, 1.0) > 1e-4).all()
 
 
 def test_gradients_reach_the_image_never_fr(renderer):
@@ -90,7 +90,7 @@ def test_gradients_reach_the_image_never_fr(renderer):
     p = face_coeffs(2)
     rep = make_rep(renderer, p, R)
     fake = (rep[:, :3] + 0.1 * torch.randn_like(rep[:, :3])).requires_grad_(True)
-    dist, _ = ConsistencyLoss(renderer, fr)(fake, rep, 0.5)
+    dist = ConsistencyLoss(renderer, fr)(fake, rep, 0.5)
     dist.sum().backward()
     assert fake.grad is not None and fake.grad.abs().sum() > 0
     assert all(param.grad is None and not param.requires_grad for param in fr.parameters())
