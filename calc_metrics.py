@@ -55,7 +55,7 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
     if opts.data is None and config.get("data"):
         opts.data = config["data"]
     elif opts.data is None and config.get("builtin_data"):
-        from training.builtin_data import builtin_dataset_path
+        from dataprep.builtin import builtin_dataset_path
 
         opts.data = builtin_dataset_path(**config["builtin_data"], progress=opts.verbose)
     if opts.data is None:

@@ -30,7 +30,7 @@ def _check_resolution(resolution: int) -> None:
 
 def _finish(report: dict[str, Any]) -> None:
     """Print the end-of-run summary: written images, throughput and the skipped-file report."""
-    from training.dataset_builder import SkipReport
+    from dataprep.builder import SkipReport
 
     skipped = SkipReport(report["skipped"])
     click.echo(
@@ -110,7 +110,7 @@ def cli() -> None:
 @common_options
 def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> None:
     """Realign FFHQ from its 68 landmarks to the Deep3DFaceRecon framing at R and label it with FR."""
-    from training.dataset_builder import list_ffhq
+    from dataprep.builder import list_ffhq
 
     _check_resolution(opts["resolution"])
     items, used = _run(
@@ -131,7 +131,7 @@ def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> No
 @common_options
 def images(source: str, **opts: Any) -> None:
     """Align any folder of face photos with landmark files and label them with FR."""
-    from training.dataset_builder import list_image_folder
+    from dataprep.builder import list_image_folder
 
     _check_resolution(opts["resolution"])
     items = _run(list_image_folder, source=source, max_images=opts["max_images"])
@@ -140,7 +140,7 @@ def images(source: str, **opts: Any) -> None:
 
 def _build_realigned(items: list, mode: str, source: str, opts: dict[str, Any], extra_meta: dict | None = None) -> None:
     """Shared tail of `ffhq` and `images`: align, label with FR, write, report."""
-    from training.dataset_builder import build_realigned_dataset
+    from dataprep.builder import build_realigned_dataset
 
     opts = {k: v for k, v in opts.items() if k != "max_images"}  # already applied when listing the items
     _finish(_run(build_realigned_dataset, items=items, mode=mode, source=source, extra_meta=extra_meta, **opts))
@@ -175,7 +175,7 @@ def synthetic(
     progress: bool,
 ) -> None:
     """Render synthetic faces with ground-truth p into random scenes (backgrounds, hair, hats, clothing)."""
-    from training.synthetic_scenes import build_synthetic_dataset
+    from dataprep.synthetic_scenes import build_synthetic_dataset
 
     _check_resolution(resolution)
     report = _run(
@@ -198,7 +198,7 @@ def synthetic(
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table")
 def info(path: str, as_json: bool) -> None:
     """Images, resolution, label dimension and per-group label statistics of a dataset."""
-    from training.dataset_builder import dataset_info, format_info
+    from dataprep.builder import dataset_info, format_info
 
     summary = _run(dataset_info, path=path)
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))

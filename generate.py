@@ -27,7 +27,7 @@ import click
 import torch
 
 from torch_utils.errors import UserError
-from training import controlled_generation as cg
+from generation import controlled as cg
 
 
 @dataclasses.dataclass
@@ -153,7 +153,7 @@ def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
     if G.is_conditional:
         bank_source = opts.p_bank or opts.data or config.get("data")
         if bank_source is None and config.get("builtin_data"):
-            from training.builtin_data import builtin_dataset_path
+            from dataprep.builtin import builtin_dataset_path
 
             bank_source = builtin_dataset_path(**config["builtin_data"], progress=opts.verbose)
         if bank_source is None:

@@ -29,7 +29,7 @@ def resolve_run_assets(c, progress: bool = False) -> tuple[str, str | None, str 
     The config keeps what the user asked for (None = built-in synthetic data / face model / FR), so a snapshot
     stays usable after the cache moves: the built-in assets are rebuilt on demand. Face paths are None for --no-cond.
     """
-    from training.builtin_data import builtin_dataset_path
+    from dataprep.builtin import builtin_dataset_path
 
     data = c.data if c.data is not None else builtin_dataset_path(**c.builtin_data, progress=progress)
     if not c.cond:

@@ -19,7 +19,7 @@ from deep3drecon.synthetic import make_synthetic_model, write_synthetic_mat
 from tests.conftest import write_image_dataset
 from training import snapshot
 from training.config import TrainConfig
-from training.diagnostics import ATTRIBUTE_SLICES, derivative_sparsity, feature_derivative_maps
+from generation.feature_derivatives import ATTRIBUTE_SLICES, derivative_sparsity, feature_derivative_maps
 from training.networks import Generator
 from training.rep import make_rep
 

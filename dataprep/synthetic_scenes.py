@@ -36,7 +36,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 
-from training.dataset_builder import (
+from dataprep.builder import (
     TOOL_NAME,
     TOOL_VERSION,
     DatasetWriter,

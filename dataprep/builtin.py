@@ -9,7 +9,7 @@ from deep3drecon import assets
 
 def builtin_dataset_path(count: int, resolution: int, seed: int = 0, progress: bool = True) -> str:
     """Path of the cached synthetic dataset zip with these settings, building it first if absent."""
-    from training.synthetic_scenes import build_synthetic_dataset
+    from dataprep.synthetic_scenes import build_synthetic_dataset
 
     path = os.path.join(assets.cache_dir(), "datasets", f"synthetic-{count}-{resolution}px-seed{seed}.zip")
     if not os.path.isfile(path):

@@ -1,4 +1,4 @@
-"""dataset_tool.py / training.dataset_builder / training.synthetic_scenes: build tiny datasets in every mode.
+"""dataset_tool.py / dataprep.builder / dataprep.synthetic_scenes: build tiny datasets in every mode.
 
 Source "photos" are synthetic-face renders placed into 300x260 canvases by an off-centre similarity, with the
 FaceModel's landmarks mapped by the same similarity; coloured dots painted at the five alignment points let the
@@ -23,9 +23,9 @@ from deep3drecon.face_model import FaceModel
 from deep3drecon.recon_net import ReconNet, load_recon_net, save_recon_net
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import write_synthetic_mat
-from training import dataset_builder as db
+from dataprep import builder as db
 from training.dataset import ImageLabelDataset
-from training.synthetic_scenes import build_synthetic_dataset, image_rng, sample_coeffs
+from dataprep.synthetic_scenes import build_synthetic_dataset, image_rng, sample_coeffs
 
 R = 64  # stored resolution of the realigned datasets
 SRC_W, SRC_H = 300, 260

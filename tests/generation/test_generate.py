@@ -18,7 +18,7 @@ from deep3drecon.synthetic import write_synthetic_mat
 from generate import cli
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from training import controlled_generation as cg
+from generation import controlled as cg
 from training.face_pipeline import build_renderer
 from training.networks import Generator
 from training.rep import make_rep
