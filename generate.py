@@ -26,8 +26,8 @@ from collections.abc import Callable
 import click
 import torch
 
-from torch_utils.errors import UserError
 from generation import controlled as cg
+from torch_utils.errors import UserError
 
 
 @dataclasses.dataclass

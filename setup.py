@@ -8,7 +8,9 @@ setup(
     description="3DMM-conditioned face GANs without the quality tax (arXiv 2305.13460), in PyTorch",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["torch_utils*", "training*", "deep3drecon*", "metrics*", "dataprep*", "generation*"]),
+    packages=find_packages(
+        include=["torch_utils*", "training*", "deep3drecon*", "metrics*", "dataprep*", "generation*"]
+    ),
     package_data={"torch_utils.ops": ["*.cpp", "*.cu", "*.h"]},
     install_requires=[
         "torch>=2.3",

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dataprep.builder import build_realigned_dataset, list_ffhq, list_image_folder  # noqa: E402
+from dataprep.synthetic_scenes import build_synthetic_dataset  # noqa: E402
 from deep3drecon.face_model import FaceModel  # noqa: E402
 from deep3drecon.recon_net import ReconNet, save_recon_net  # noqa: E402
 from deep3drecon.render import Renderer  # noqa: E402
 from deep3drecon.synthetic import write_synthetic_mat  # noqa: E402
-from dataprep.builder import build_realigned_dataset, list_ffhq, list_image_folder  # noqa: E402
-from dataprep.synthetic_scenes import build_synthetic_dataset  # noqa: E402
 
 SOURCE_SIZE = 1024
 

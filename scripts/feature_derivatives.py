@@ -16,10 +16,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from generation.feature_derivatives import derivative_sparsity, feature_derivative_maps, maps_to_image  # noqa: E402
 from torch_utils.errors import UserError  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.dataset import ImageLabelDataset  # noqa: E402
-from generation.feature_derivatives import derivative_sparsity, feature_derivative_maps, maps_to_image  # noqa: E402
 from training.face_pipeline import build_renderer, resolve_run_assets  # noqa: E402
 from training.snapshot import load_network  # noqa: E402
 

@@ -19,13 +19,13 @@ import torch
 from click.testing import CliRunner
 
 import dataset_tool
+from dataprep import builder as db
+from dataprep.synthetic_scenes import build_synthetic_dataset, image_rng, sample_coeffs
 from deep3drecon.face_model import FaceModel
 from deep3drecon.recon_net import ReconNet, load_recon_net, save_recon_net
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import write_synthetic_mat
-from dataprep import builder as db
 from training.dataset import ImageLabelDataset
-from dataprep.synthetic_scenes import build_synthetic_dataset, image_rng, sample_coeffs
 
 R = 64  # stored resolution of the realigned datasets
 SRC_W, SRC_H = 300, 260

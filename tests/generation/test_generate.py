@@ -16,9 +16,9 @@ from deep3drecon.face_model import COEFF_SLICES
 from deep3drecon.recon_net import ReconNet, load_recon_net, save_recon_net
 from deep3drecon.synthetic import write_synthetic_mat
 from generate import cli
+from generation import controlled as cg
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from generation import controlled as cg
 from training.face_pipeline import build_renderer
 from training.networks import Generator
 from training.rep import make_rep

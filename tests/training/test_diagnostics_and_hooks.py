@@ -16,10 +16,10 @@ from deep3drecon.face_model import FaceModel
 from deep3drecon.recon_net import ReconNet, save_recon_net
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model, write_synthetic_mat
+from generation.feature_derivatives import ATTRIBUTE_SLICES, derivative_sparsity, feature_derivative_maps
 from tests.conftest import write_image_dataset
 from training import snapshot
 from training.config import TrainConfig
-from generation.feature_derivatives import ATTRIBUTE_SLICES, derivative_sparsity, feature_derivative_maps
 from training.networks import Generator
 from training.rep import make_rep
 
