@@ -80,7 +80,11 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
         opts.bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())
         if needs_fr:  # the synthetic FR is trained once on first use: only when a metric needs FR
             recon_path = assets.resolve_recon_checkpoint(recon) if recon is not None else None
-            opts.recon_ckpt = str(recon_path or assets.synthetic_recon_path(progress=opts.verbose))
+            if recon_path is None:
+                from dataprep.builtin import builtin_recon_path
+
+                recon_path = builtin_recon_path(progress=opts.verbose)
+            opts.recon_ckpt = str(recon_path)
         else:
             opts.recon_ckpt = None
     if any(spec.needs_real_images for spec in specs) and not opts.random_features:

@@ -257,8 +257,11 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
                         "pass --recon-ckpt")
     if ckpt is None:
         _log(opts, "The snapshot used the built-in synthetic FR; reconstructing the references with it.")
-    ckpt = str(assets.resolve_recon_checkpoint(ckpt) if ckpt is not None else assets.synthetic_recon_path(
-        progress=opts.verbose))  # fmt: skip
+    if ckpt is None:
+        from dataprep.builtin import builtin_recon_path
+
+        ckpt = builtin_recon_path(progress=opts.verbose)
+    ckpt = str(assets.resolve_recon_checkpoint(ckpt))
     fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
     names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks)
     _log(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")

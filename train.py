@@ -224,6 +224,10 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
                 json.dump(c.to_dict(), f, indent=2)
     distributed.barrier()
     launch(c, run_dir, resume_state)
+    from training import smoke_report
+
+    if smoke_report.applies(c) and smoke_report.is_main_process():  # the built-in world's evidence, after training
+        smoke_report.write_run_report(c, run_dir, pick_device(c, 0))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Builds the 3DMM side of training from a config: face model, renderer and the frozen reconstructor FR.
 
 Real assets (BFM_model_front.mat, Deep3DFaceRecon epoch_20.pth) come from user paths; when a path is None the
-built-in synthetic face model / synthetic FR (made once and cached by deep3drecon.assets) stand in for them.
+built-in synthetic face model / synthetic FR (made once and cached: deep3drecon.assets, dataprep.builtin) stand in.
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ from deep3drecon.render import Renderer
 def resolve_face_assets(bfm: str | None, recon_ckpt: str | None, progress: bool = True) -> tuple[str, str]:
     """Paths of the face model and FR checkpoint; None selects (and if needed builds) the synthetic ones."""
     bfm_path = assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path()
-    ckpt_path = (assets.resolve_recon_checkpoint(recon_ckpt) if recon_ckpt is not None
-                 else assets.synthetic_recon_path(progress=progress))
+    if recon_ckpt is not None:
+        ckpt_path = assets.resolve_recon_checkpoint(recon_ckpt)
+    else:
+        from dataprep.builtin import builtin_recon_path
+
+        ckpt_path = builtin_recon_path(progress=progress)
     return str(bfm_path), str(ckpt_path)
 
 
