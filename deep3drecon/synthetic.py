@@ -9,8 +9,11 @@ camera (distance 10, focal 1015 at 224) frames it like a real face and the 5-poi
 Geometry: a square grid (denser at the centre) mapped onto an egg-shaped front-face mask, lifted onto an
 ellipsoid height field with a nose, eye sockets and eyeballs, brow ridge, cheekbones, lips and chin. The bases are
 smooth displacement / colour fields: the first columns are interpretable (identity: face width, length, nose,
-jaw, ...; expression: mouth open, smile, eyes closed, brows, ...; albedo: skin tone, redness, lips, brows, iris),
-the remaining ones random smooth fields with decaying amplitude, mostly left/right symmetric.
+jaw, eye spacing, chin, ...; expression: mouth open, smile, eyes closed, brows raised, ...; albedo: skin tone,
+redness, lips, brows, ...), the remaining ones random smooth fields with decaying amplitude, mostly left/right
+symmetric. The first ACTIVE[group] columns are large enough to see at 32 px (identity moves outlines by 2-3 px per
+unit, the jaw drop opens the mouth by 3-4 px); they are the only ones the built-in world (dataprep.synthetic_scenes)
+varies, and all of them are left/right symmetric. The built-in world uses a WORLD_GRID x WORLD_GRID vertex grid.
 """
 
 from __future__ import annotations
