@@ -11,9 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deep3drecon.coeffs import COEFF_SLICES
 from training.rep import make_rep
 
-ATTRIBUTE_SLICES = {"id": slice(0, 80), "exp": slice(80, 144), "illum": slice(227, 254), "angle": slice(224, 227)}
+# The coefficients each fig. 2 column perturbs: identity shape, expression, SH light, pose angles.
+ATTRIBUTE_SLICES = {"id": COEFF_SLICES["id"], "exp": COEFF_SLICES["exp"], "illum": COEFF_SLICES["gamma"],
+                    "angle": COEFF_SLICES["angle"]}
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from torch_utils.errors import UserError
-from training.networks import Conv2dLayer, block_resolutions, channels_at
+from training.layers import Conv2dLayer, block_resolutions, channels_at
 from training.rep import REP_CHANNELS
 
 
