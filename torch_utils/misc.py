@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from torch_utils.errors import UserError
@@ -36,3 +37,18 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if index >= torch.cuda.device_count():
         raise UserError(f"CUDA device {index} was requested but only {torch.cuda.device_count()} are visible")
     return torch.device("cuda", index)
+
+
+def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """The one float -> uint8 quantiser of every PNG the project writes (training grids, generate.py, tools).
+
+        u = clip(floor((x - lo) * 255 / (hi - lo) + 1/2), 0, 255)       (round half up; x = lo -> 0, x = hi -> 255)
+
+    For drange (-1, 1) this is StyleGAN2's `(x * 127.5 + 128).clamp(0, 255).to(uint8)`. Any layout; returns a numpy
+    uint8 array of the same shape.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    lo, hi = drange
+    scaled = (np.asarray(images, dtype=np.float32) - np.float32(lo)) * np.float32(255 / (hi - lo))
+    return np.floor(scaled + np.float32(0.5)).clip(0, 255).astype(np.uint8)
