@@ -42,13 +42,14 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
 def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
     """The one float -> uint8 quantiser of every PNG the project writes (training grids, generate.py, tools).
 
-        u = clip(floor((x - lo) * 255 / (hi - lo) + 1/2), 0, 255)       (round half up; x = lo -> 0, x = hi -> 255)
+        u = clip(floor(x * s + (1/2 - lo * s)), 0, 255),   s = 255 / (hi - lo)      (round half up; lo -> 0, hi -> 255)
 
-    For drange (-1, 1) this is StyleGAN2's `(x * 127.5 + 128).clamp(0, 255).to(uint8)`. Any layout; returns a numpy
-    uint8 array of the same shape.
+    in float32, so that for drange (-1, 1) it is bit for bit StyleGAN2's `(x * 127.5 + 128).clamp(0, 255).to(uint8)`.
+    Any layout; returns a numpy uint8 array of the same shape.
     """
     if isinstance(images, torch.Tensor):
         images = images.detach().float().cpu().numpy()
     lo, hi = drange
-    scaled = (np.asarray(images, dtype=np.float32) - np.float32(lo)) * np.float32(255 / (hi - lo))
-    return np.floor(scaled + np.float32(0.5)).clip(0, 255).astype(np.uint8)
+    scale = 255 / (hi - lo)
+    scaled = np.asarray(images, dtype=np.float32) * np.float32(scale) + np.float32(0.5 - lo * scale)
+    return np.floor(scaled).clip(0, 255).astype(np.uint8)
