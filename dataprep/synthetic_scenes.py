@@ -55,6 +55,7 @@ from dataprep.builder import (
     sha256_file,
 )
 from deep3drecon.synthetic import ACTIVE
+from torch_utils.misc import pick_device
 
 P_DISTRIBUTION: dict[str, str] = {
     "id": f"first {ACTIVE['id']}: N(0, 0.8) truncated at 2.5 sigma; others 0",
@@ -260,16 +261,12 @@ def world_coeffs(count: int, seed: int) -> np.ndarray:
 
 def _open_renderer(face_model_path: str | os.PathLike | None, device: str) -> tuple[Path, Any, Any]:
     """(face model path, FaceModel, Renderer) on `device` (auto = CUDA if available); default: the synthetic model."""
-    import torch
-
     from deep3drecon.assets import synthetic_face_model_path
     from deep3drecon.face_model import FaceModel
     from deep3drecon.render import Renderer
 
     fm_path = Path(face_model_path) if face_model_path is not None else synthetic_face_model_path()
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
+    dev = pick_device(device)
     face_model = FaceModel.from_mat(fm_path).to(dev)
     return fm_path, face_model, Renderer(face_model).to(dev)
 

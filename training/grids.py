@@ -13,6 +13,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from torch_utils.misc import quantize_uint8
+
 GRID_COLS, GRID_ROWS = 8, 8
 MIN_CELL_PX = 96
 
@@ -28,10 +30,7 @@ def save_image_grid(images: np.ndarray | torch.Tensor, path: str, grid_w: int, d
 
     Cells smaller than min_cell px are enlarged by `upscale_factor` with nearest-neighbour upsampling.
     """
-    if isinstance(images, torch.Tensor):
-        images = images.detach().float().cpu().numpy()
-    lo, hi = drange
-    images = np.rint((np.asarray(images, dtype=np.float32) - lo) * (255 / (hi - lo))).clip(0, 255).astype(np.uint8)
+    images = quantize_uint8(images, drange)
     n, c, h, w = images.shape
     grid_h = n // grid_w
     images = images[: grid_w * grid_h].reshape(grid_h, grid_w, c, h, w).transpose(0, 3, 1, 4, 2)

@@ -63,14 +63,15 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     from generation.controlled import Sampler, vary_grid
     from metrics.registry import MetricContext, calc_metric, report_metric
     from training.dataset import ImageLabelDataset
-    from training.face_pipeline import build_reconstructor, build_renderer, resolve_run_assets
+    from training.resolve import build_reconstructor, build_renderer, resolve_assets
     from training.rep import make_rep
     from training.snapshot import load_network
 
     snapshots = network_snapshots(run_dir)
     if not snapshots:
         return {"cons": {}, "grids": {}}
-    data, bfm, recon = resolve_run_assets(config)
+    resolved = resolve_assets(config.to_dict(), need_fr=True, progress=progress)
+    data, bfm, recon = resolved.data, resolved.bfm, resolved.recon_ckpt
     dataset = ImageLabelDataset(data)
     renderer = build_renderer(bfm, config.render_backend, device)
     reconstructor = build_reconstructor(recon, device, config.recon_backbone)
