@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from deep3drecon.face_model import COEFF_SLICES
 from deep3drecon.recon_net import ReconNet, save_recon_net
-from torch_utils.errors import UserError
+from torch_utils.errors import Command, UserError
 
 
 @dataclass
@@ -226,7 +226,7 @@ def read_dataset_zip(path: str | os.PathLike) -> FRTrainingSet:
     return FRTrainingSet.from_uint8(np.stack(images), None, coeffs)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), required=True, help="Training dataset zip")
 @click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), required=True, help="Held-out zip")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint to write (epoch_20 layout)")

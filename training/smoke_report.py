@@ -63,8 +63,8 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     from generation.controlled import Sampler, vary_grid
     from metrics.registry import MetricContext, calc_metric, report_metric
     from training.dataset import ImageLabelDataset
-    from training.resolve import build_reconstructor, build_renderer, resolve_assets
     from training.rep import make_rep
+    from training.resolve import build_reconstructor, build_renderer, resolve_assets
     from training.snapshot import load_network
 
     snapshots = network_snapshots(run_dir)
