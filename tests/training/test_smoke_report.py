@@ -29,8 +29,8 @@ def test_grid_cells_are_nearest_upsampled_to_at_least_96_px(tmp_path) -> None:
 @pytest.mark.slow
 def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, capsys) -> None:
     from deep3drecon.recon_net import ReconNet, save_recon_net
+    from tests.conftest import run_training_loop
     from training import smoke_report
-    from training.training_loop import training_loop
 
     monkeypatch.setenv("TAXFREE3DMM_CACHE", str(tmp_path / "cache"))
     fr = tmp_path / "fr.pth"
@@ -46,7 +46,7 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
     assert smoke_report.applies(config) and not smoke_report.applies(TrainConfig(data="x.zip"))
     run = tmp_path / "run"
     run.mkdir()
-    training_loop(config, str(run), torch.device("cpu"))
+    run_training_loop(config, str(run), torch.device("cpu"))
     snapshots = smoke_report.network_snapshots(str(run))
     assert [os.path.basename(s) for s in snapshots] == ["network-snapshot-000000.pt"]  # kimg 0 and 0.008 share it
     capsys.readouterr()
