@@ -155,7 +155,10 @@ def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
 
 
 @click.command()
-@click.option("--network", "network", required=True, type=click.Path(exists=True, dir_okay=False), help="Snapshot .pt")
+@click.option(
+    "--network", "network", required=True, type=click.Path(exists=True, dir_okay=False),
+    help="Snapshot .pt or NVIDIA StyleGAN2 .pkl",
+)
 @click.option("--metrics", default="fid50k_full", show_default=True, help="Comma-separated metric names")
 @click.option("--data", type=click.Path(exists=True), help="Dataset zip/folder [default: the snapshot's]")
 @click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1), help="Number of processes/GPUs")

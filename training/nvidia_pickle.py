@@ -121,7 +121,8 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
     return PersistentRecord(
         class_name=class_name, module_src_sha1=hashlib.sha1(src.encode()).hexdigest(), init_args=_plain(init_args),
         init_kwargs=_plain(init_kwargs), attrs={k: v for k, v in state.items() if not k.endswith("hooks")},
-        parameters=dict(parameters), buffers=dict(buffers), modules=dict(modules), non_persistent=frozenset(non_persistent),
+        parameters=dict(parameters), buffers=dict(buffers), modules=dict(modules),
+        non_persistent=frozenset(non_persistent),
     )  # fmt: skip
 
 

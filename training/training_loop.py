@@ -23,6 +23,7 @@ from training.consistency import ConsistencyLoss, blend_alpha
 from training.dataset import ImageLabelDataset, make_loader
 from training.face_pipeline import resolve_run_assets
 from training.grids import generate_grid, grid_size, save_image_grid
+from training.init_from import init_networks
 from training.loss import GANLoss
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
@@ -60,6 +61,8 @@ def training_loop(c: TrainConfig, run_dir: str, device: torch.device, rank: int 
     G = Generator(**G_kwargs).train().requires_grad_(False).to(device)
     D = Discriminator(**D_kwargs).train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval()
+    if c.init_from is not None and resume_state is None:  # a new run from pretrained weights; counters stay at 0
+        init_networks(c.init_from, G, D, G_ema, log=lambda message: _log(rank, message))
 
     renderer = consistency = None
     if c.cond:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import json
 import os
 import pickle
 import subprocess
@@ -243,7 +244,7 @@ class SynthesisNetwork(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.input = SynthesisInput()
-        setattr(self, "L0_36_512", torch.nn.Linear(1, 1))
+        self.L0_36_512 = torch.nn.Linear(1, 1)
 
 
 def test_converter_writes_a_safe_network_snapshot(tmp_path, marker, nets):
@@ -261,3 +262,34 @@ def test_converter_writes_a_safe_network_snapshot(tmp_path, marker, nets):
                        noise_mode="const"))  # fmt: skip
     bad = CliRunner().invoke(convert_main, [str(tmp_path / "missing.pkl"), out])
     assert bad.exit_code != 0 and "not found" in bad.output and "Traceback" not in bad.output
+
+
+def test_generate_and_calc_metrics_take_a_pkl(tmp_path, marker, nets):
+    import calc_metrics
+    import generate
+    from tests.conftest import write_image_dataset
+
+    G, D, G_ema, G_kwargs, D_kwargs = nets
+    pkl, pt = str(tmp_path / "ffhq.pkl"), str(tmp_path / "ffhq.pt")
+    write_nvidia_pickle(pkl, marker, dict(G=G, D=D, G_ema=G_ema), G_kwargs, D_kwargs)
+    assert CliRunner().invoke(convert_main, [pkl, pt]).exit_code == 0
+    grids = []
+    for network in (pkl, pt):
+        out = tmp_path / ("out-" + os.path.basename(network))
+        result = CliRunner().invoke(generate.cli, ["images", "--network", network, "--outdir", str(out), "--seeds",
+                                                   "0-3", "--device", "cpu", "--quiet"])
+        assert result.exit_code == 0, result.output
+        (png,) = out.glob("grid-*.png")
+        grids.append(png.read_bytes())
+    assert grids[0] == grids[1]
+    data = str(tmp_path / "reals.zip")
+    write_image_dataset(data, num=16, resolution=16)
+    results = []
+    for network in (pkl, pt):
+        torch.manual_seed(0)  # the metric draws its noise inputs from torch's global generator
+        result = CliRunner().invoke(calc_metrics.main, ["--network", network, "--metrics", "kid1k", "--data", data,
+                                                        "--random-features", "--workers", "0", "--cache-dir",
+                                                        str(tmp_path / f"cache{len(results)}"), "--quiet"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        results.append(json.loads(result.output.strip().splitlines()[-1])["results"])
+    assert results[0] == results[1] and set(results[0]) == {"kid"}
