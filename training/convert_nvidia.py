@@ -55,6 +55,8 @@ def main(source: str, dest: str) -> None:
     except UserError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{source}: {describe(nets)}")
+    if nets.D_refused:
+        click.echo(f"D left out: {nets.D_refused}")
     click.echo(f"wrote {dest}")
 
 

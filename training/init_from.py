@@ -40,7 +40,7 @@ def read_init_source(path: str) -> InitSource:
         from training.nvidia_pickle import read_nvidia_networks
 
         nets = read_nvidia_networks(path)
-        kind = "NVIDIA StyleGAN2 pickle"
+        kind = "NVIDIA StyleGAN2 pickle" + (f"; its D is not used: {nets.D_refused}" if nets.D_refused else "")
         states = {k: None if getattr(nets, k) is None else getattr(nets, k).state for k in NETWORKS}
     else:
         data = snapshot.safe_load(path)

@@ -288,6 +288,7 @@ class NvidiaNetworks:
     G: ConvertedNetwork | None
     D: ConvertedNetwork | None
     G_ema: ConvertedNetwork | None
+    D_refused: str | None = None  # why the pickle's D could not be mapped (G / G_ema are still usable)
 
     @property
     def generator(self) -> ConvertedNetwork:
@@ -418,7 +419,8 @@ def discriminator_from_record(record: PersistentRecord, what: str = "D") -> Conv
     blocks = [blk for name, blk in record.modules.items() if name != "b4" and blk is not None]
     mbstd = epilogue.child("mbstd") if epilogue is not None else None
     if mbstd is None or _attr(mbstd, "group_size", what) is None:
-        raise UserError(f"{what}: minibatch-stddev disabled or over the whole batch; not supported")
+        raise UserError(f"{what}: minibatch-stddev disabled or over the whole batch (TensorFlow-converted Ds); "
+                        "not supported")
     layers = [blk.child(n) for blk in blocks for n in ("fromrgb", "conv0", "conv1") if blk.child(n) is not None]
     conv_clamp = _one_value([_attr(layer, "conv_clamp", what) for layer in layers + [epilogue.child("conv")]], what,
                             "conv_clamp")
@@ -472,11 +474,16 @@ def read_nvidia_networks(path: str) -> NvidiaNetworks:
     if records["G"] is None and records["G_ema"] is None:
         raise UserError(f"{path} has neither G_ema nor G (keys: {sorted(map(str, data))}); not a network pickle")
     try:
-        converted = {k: None if r is None else (discriminator_from_record if k == "D" else generator_from_record)(r, k)
-                     for k, r in records.items()}  # fmt: skip
+        generators = {k: None if records[k] is None else generator_from_record(records[k], k) for k in ("G", "G_ema")}
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    return NvidiaNetworks(path=path, **converted)
+    D, D_refused = None, None
+    if records["D"] is not None:
+        try:  # D matters only for --init-from; one it cannot map (e.g. mbstd over the whole batch) is left out
+            D = discriminator_from_record(records["D"], "D")
+        except UserError as e:
+            D_refused = str(e)
+    return NvidiaNetworks(path=path, D=D, D_refused=D_refused, **generators)
 
 
 def read_nvidia_generator(path: str) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -293,3 +293,16 @@ def test_generate_and_calc_metrics_take_a_pkl(tmp_path, marker, nets):
         assert result.exit_code == 0, result.output
         results.append(json.loads(result.output.strip().splitlines()[-1])["results"])
     assert results[0] == results[1] and set(results[0]) == {"kid"}
+
+
+def test_a_d_it_cannot_map_is_left_out_not_fatal(tmp_path, marker):
+    # TensorFlow-converted discriminators compute minibatch-stddev over the whole batch (group_size None).
+    G, D, G_ema, G_kwargs, D_kwargs = tiny_networks(resolution=16, seed=3)
+    D.b4.mbstd.group_size = None
+    pkl = str(tmp_path / "tf-converted.pkl")
+    write_nvidia_pickle(pkl, marker, dict(G=G, D=D, G_ema=G_ema), G_kwargs, D_kwargs)
+    nets = read_nvidia_networks(pkl)
+    assert nets.D is None and "over the whole batch" in nets.D_refused and nets.present() == ["G", "G_ema"]
+    result = CliRunner().invoke(convert_main, [pkl, str(tmp_path / "out.pt")])
+    assert result.exit_code == 0 and "D left out" in result.output
+    assert "D" not in torch.load(tmp_path / "out.pt", weights_only=True)
