@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import write_image_dataset
+from tests.conftest import run_training_loop, write_image_dataset
 from tests.training.nvidia_fixtures import randomize, tiny_networks, write_nvidia_pickle
 from tests.training.test_training_loop import tiny_config
 from torch_utils.errors import UserError
@@ -22,7 +22,6 @@ from training.config import TrainConfig
 from training.init_from import init_networks
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
-from training.training_loop import training_loop
 
 R = 16
 COND = dict(cfg="test", render_backend="torch", cond=True, z_dim=8, w_dim=16, channel_base=128, channel_max=16,
@@ -122,9 +121,9 @@ def test_from_training_state_counters_start_at_zero(tmp_path):
     write_image_dataset(data, num=8, resolution=8)
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
-    training_loop(tiny_config(data, kimg=0.004), str(first), torch.device("cpu"))
+    run_training_loop(tiny_config(data, kimg=0.004), str(first), torch.device("cpu"))
     state = str(first / "training-state-000000.pt")
-    out = training_loop(tiny_config(data, kimg=0.004, init_from=state), str(second), torch.device("cpu"))
+    out = run_training_loop(tiny_config(data, kimg=0.004, init_from=state), str(second), torch.device("cpu"))
     assert out == {"cur_nimg": 4, "cur_tick": 1, "batch_idx": 1}  # the source's 4 images are not counted
     # The new run's first grid is the source's last G_ema on the same grid latents (same seed).
     assert np.array_equal(np.asarray(PIL.Image.open(second / "fakes_init.png")),
