@@ -60,6 +60,7 @@ class PersistentRecord:
     non_persistent: frozenset = frozenset()
 
     def child(self, name: str) -> PersistentRecord | None:
+        """The submodule record `name` (None if absent)."""
         return self.modules.get(name)
 
     def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -110,17 +111,16 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
     buffers = state.pop("_buffers", {}) or {}
     modules = state.pop("_modules", {}) or {}
     non_persistent = state.pop("_non_persistent_buffers_set", set()) or set()
-    for name, table, kind in ((class_name, parameters, torch.Tensor), (class_name, buffers, torch.Tensor),
-                              (class_name, modules, PersistentRecord)):
+    for table, kind in ((parameters, torch.Tensor), (buffers, torch.Tensor), (modules, PersistentRecord)):
         if not isinstance(table, dict) or any(v is not None and not isinstance(v, kind) for v in table.values()):
-            raise UserError(f"persistent {name}: its parameters/buffers/modules are not tensors and modules")
+            raise UserError(f"persistent {class_name}: its parameters/buffers/modules are not tensors and modules")
     init_kwargs = state.pop("_init_kwargs", {})
     init_args = state.pop("_init_args", ())
     if not isinstance(init_kwargs, dict) or not isinstance(init_args, tuple):
         raise UserError(f"persistent {class_name}: constructor arguments are not a tuple and a dict")
     return PersistentRecord(
         class_name=class_name, module_src_sha1=hashlib.sha1(src.encode()).hexdigest(), init_args=_plain(init_args),
-        init_kwargs=_plain(init_kwargs), attrs={k: v for k, v in state.items() if not k.endswith("hooks")},
+        init_kwargs=_plain(init_kwargs), attrs=state,
         parameters=dict(parameters), buffers=dict(buffers), modules=dict(modules),
         non_persistent=frozenset(non_persistent),
     )  # fmt: skip
@@ -202,10 +202,6 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UserError("bytes record in an unexpected encoding")
     return text.encode("latin1")
-
-
-def _torch_global(name: str) -> Any:
-    return {"Tensor": torch.Tensor, "Parameter": torch.nn.Parameter}[name]
 
 
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -296,6 +292,7 @@ class NvidiaNetworks:
         return self.G_ema if self.G_ema is not None else self.G
 
     def present(self) -> list[str]:
+        """Names of the networks the pickle provided, in G, D, G_ema order."""
         return [k for k in ("G", "D", "G_ema") if getattr(self, k) is not None]
 
 
