@@ -264,8 +264,9 @@ def compute_real_stats(
 def _extract_real(ctx: MetricContext, extractor: FeatureExtractor, chosen: np.ndarray, capture: bool) -> FeatureStats:
     """This rank's interleaved share of `chosen` real images through the extractor, reduced over ranks."""
     mine = chosen[rank_indices(len(chosen), ctx.rank, ctx.num_gpus)]
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(ctx.dataset, mine.tolist()), batch_size=ctx.batch_size, num_workers=ctx.num_workers
+    loader = torch.utils.data.DataLoader(  # own generator: the loader's base seed does not draw from torch's RNG
+        torch.utils.data.Subset(ctx.dataset, mine.tolist()), batch_size=ctx.batch_size, num_workers=ctx.num_workers,
+        generator=torch.Generator().manual_seed(ctx.seed),
     )
     stats = FeatureStats(extractor.feature_dim, capture_all=capture)
     done = 0
