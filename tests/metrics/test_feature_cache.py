@@ -106,7 +106,8 @@ def test_fid_and_kid_share_one_real_pass_and_one_generation_pass(make_ctx, tmp_p
     forward = ctx.G.forward
     ctx.G.forward = lambda z, **kw: calls.append(len(z)) or forward(z, **kw)
     messages = []
-    ctx.log = lambda line: messages.append((line, len(os.listdir(ctx.cache_dir)) if os.path.isdir(ctx.cache_dir) else 0))
+    files_now = lambda: len(os.listdir(ctx.cache_dir)) if os.path.isdir(ctx.cache_dir) else 0
+    ctx.log = lambda line: messages.append((line, files_now()))
     plan_evaluation(["fid1k", "kid1k"], ctx)
     fid = calc_metric("fid1k", ctx)["results"]["fid"]
     kid = calc_metric("kid1k", ctx)["results"]["kid"]

@@ -5,14 +5,12 @@ The real-statistics cache and the shared FID/KID passes are tested in test_featu
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from metrics.context import sample_latents_and_labels
-from metrics.feature_stats import FeatureStats, compute_generator_stats, compute_real_stats, dataset_fingerprint
+from metrics.feature_stats import FeatureStats, compute_generator_stats, compute_real_stats
 from metrics.features import images_to_uint8
 from metrics.fid import compute_fid, frechet_distance
 
