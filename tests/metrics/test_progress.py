@@ -31,3 +31,13 @@ def test_progress_prints_at_the_time_interval_between_steps():
         now[0] += 60.0
         printer(done * 120, 40_000)
     assert len(lines) == 30 and "2.0 img/s" in lines[-1]
+
+
+def test_rate_counts_from_the_first_report_not_from_zero():
+    now = [0.0]
+    lines = []
+    printer = ProgressPrinter("fid", lines.append, interval_s=1e9, clock=lambda: now[0])
+    printer(250, 1000)  # first report arrives after the first batch
+    now[0] = 5.0
+    printer(500, 1000)
+    assert lines == ["  fid: 250/1000 images", "  fid: 500/1000 images, 50.0 img/s, ETA 10s"]
