@@ -42,6 +42,7 @@ import numpy as np
 import scipy.spatial.distance
 
 from metrics.context import COEFF_SLICES, NUM_COEFFS
+from torch_utils.errors import UserError
 
 # Varied factor -> coefficient groups resampled in its sets. The order fixes the per-factor RNG streams.
 DS_FACTORS: dict[str, tuple[str, ...]] = {
@@ -90,6 +91,8 @@ def norm_of_dataset_mean(p_bank: np.ndarray, columns: np.ndarray) -> float:
 def dataset_pairwise_distance(p_bank: np.ndarray, columns: np.ndarray, max_rows: int = BANK_PAIR_ROWS) -> float:
     """Mean pairwise L2 distance of u_j over dataset rows (all rows, or a fixed random subset of `max_rows`)."""
     bank = np.asarray(p_bank, np.float64)
+    if len(bank) < 2:
+        raise UserError("the GAN-Control-style DS normaliser needs at least 2 dataset coefficient vectors")
     if len(bank) > max_rows:
         bank = bank[np.sort(np.random.default_rng(0).choice(len(bank), max_rows, replace=False))]
     return float(scipy.spatial.distance.pdist(bank[:, columns]).mean())

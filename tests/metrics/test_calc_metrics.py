@@ -54,8 +54,4 @@ def test_calc_metrics_end_to_end_shares_passes_names_variants_and_prints_progres
     assert "img/s, ETA" in result.output
     record = json.loads((tmp_path / "run" / "metric-ds100_cgof.jsonl").read_text())
     assert record["variant"] == "cgof" and set(record["results"]) >= {"ds_id", "ds_exp", "ds_angle"}
-    fid = json.loads((tmp_path / "run" / "metric-fid1k.jsonl").read_text())["results"]["fid"]
-    again = CliRunner().invoke(main, args[:3] + ["fid1k"] + args[4:])  # deterministic: same value on a rerun
-    assert again.exit_code == 0, again.output
-    lines = (tmp_path / "run" / "metric-fid1k.jsonl").read_text().splitlines()
-    assert json.loads(lines[-1])["results"]["fid"] == fid
+    assert "kid" in json.loads((tmp_path / "run" / "metric-kid1k.jsonl").read_text())["results"]
