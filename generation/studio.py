@@ -20,8 +20,11 @@ from generation import studio_state as st
 from torch_utils.errors import UserError
 
 INSTALL_HINT = 'the studio needs gradio: pip install -e ".[studio]"'
-DISPLAY_PX = 320  # on-screen size of the image panels (a 32 px smoke image is scaled up, pixelated)
-CSS = ".studio-image img { image-rendering: pixelated; }"
+UPLOAD_PX = 110
+DISPLAY_PX = 288  # on-screen size of the image panels (a 32 px smoke image is scaled up, pixelated)
+# Fill the panel whatever the resolution; nearest-neighbour scaling keeps every pixel's exact colour on screen.
+CSS = (".studio-image img { width: 100% !important; height: 100% !important; object-fit: contain; "
+       "image-rendering: pixelated; }")
 
 
 def import_gradio():
@@ -52,10 +55,11 @@ class Handlers:
             try:
                 return fn(*args)
             except UserError as e:
-                return (*[self.keep] * (num_outputs - 1), f"**Error:** {e}")
+                message = f"**Error:** {e}"
             except Exception as e:  # a bug, not the user's: keep the server up, show it, log the traceback
                 traceback.print_exc()
-                return (*[self.keep] * (num_outputs - 1), f"**Internal error:** {type(e).__name__}: {e}")
+                message = f"**Internal error:** {type(e).__name__}: {e}"
+            return (*[self.keep] * (num_outputs - 1), message) if num_outputs > 1 else message
 
         return run
 
@@ -99,13 +103,13 @@ class Handlers:
         latent = "its own latent" if face.ws is not None else "p only (the latent is the z seed's)"
         return (face, *st.controls_from_p(face.p).as_list(), f"photo {face.label}: {latent}")
 
-    def save(self, face: st.Face, z_seed, psi, noise_mode, with_fr, *values) -> tuple:
-        """-> (status,): the current image, p and z (or ws) written to the output folder."""
+    def save(self, face: st.Face, z_seed, psi, noise_mode, with_fr, *values) -> str:
+        """-> status: the current image, p and z (or ws) written to the output folder."""
         if z_seed is None:
             raise UserError("enter a z seed (a whole number >= 0)")
         view = self.studio.render(face, self._controls(values), z_seed, psi, noise_mode, False)
         paths = self.studio.save(view, face)
-        return (f"saved {', '.join(os.path.basename(p) for p in paths)} in {self.studio.outdir}",)
+        return f"saved {', '.join(os.path.basename(p) for p in paths)} in {self.studio.outdir}"
 
 
 def _whole(value, what: str) -> int:
@@ -153,6 +157,7 @@ def build_app(studio: st.Studio, psi: float = 1.0, noise_mode: str = "const", z_
             render = gr.Image(first[1], label="rep(p) render", visible=conditional, **image_kw)
             fr_image = gr.Image(None, label="FR re-estimate: rep(FR(image))", visible=False, **image_kw)
         status = gr.Markdown(first[3])
+        sliders = []
         with gr.Row():
             with gr.Column():
                 gr.Markdown("**Latent**")
@@ -161,28 +166,30 @@ def build_app(studio: st.Studio, psi: float = 1.0, noise_mode: str = "const", z_
                 noise = gr.Radio(list(st.NOISE_MODES), value=noise_mode, label="noise mode")
                 with_fr = gr.Checkbox(False, label="show the FR re-estimate", visible=studio.has_fr)
                 save = gr.Button("Save image, p and z", variant="primary")
-            sliders = []
-            if conditional:
-                specs = _slider_specs()
-                with gr.Column():
+                if conditional:
                     gr.Markdown("**Face**")
-                    source = gr.Radio(list(st.FACE_SOURCES), value="seed", label="face from")
-                    index = gr.Number(face_seed, label="seed / dataset row", precision=0, minimum=0)
+                    with gr.Row():
+                        source = gr.Radio(list(st.FACE_SOURCES), value="seed", label="face from")
+                        index = gr.Number(face_seed, label="seed / dataset row", precision=0, minimum=0)
                     with gr.Row():
                         load = gr.Button("Load whole face")
                         take_id = gr.Button("Identity + texture only")
-                    p_file = gr.File(label="Load a saved p (.npy)", type="filepath")
-                    photo = gr.File(label="Photo (aligned square crop)", type="filepath", visible=studio.can_invert)
+                    with gr.Row():
+                        p_file = gr.File(label="Load a saved p (.npy)", type="filepath", height=UPLOAD_PX)
+                        photo = gr.File(label="Photo (aligned square crop)", type="filepath", height=UPLOAD_PX,
+                                        visible=studio.can_invert)  # fmt: skip
+            if conditional:
+                specs, values = _slider_specs(), shown.as_list()
                 with gr.Column():
                     gr.Markdown("**Pose and light**")
                     for k in [0, 1, 2, *range(len(specs) - 4, len(specs))]:
                         label, (lo, hi), step = specs[k]
-                        sliders.append((k, gr.Slider(lo, hi, shown.as_list()[k], step=step, label=label)))
+                        sliders.append((k, gr.Slider(lo, hi, values[k], step=step, label=label)))
                 with gr.Column():
                     gr.Markdown(f"**Expression** (first {st.NUM_EXP_SLIDERS} coefficients)")
                     for k in range(3, 3 + st.NUM_EXP_SLIDERS):
                         label, (lo, hi), step = specs[k]
-                        sliders.append((k, gr.Slider(lo, hi, shown.as_list()[k], step=step, label=label)))
+                        sliders.append((k, gr.Slider(lo, hi, values[k], step=step, label=label)))
             sliders = [s for _, s in sorted(sliders, key=lambda item: item[0])]
 
         edit_inputs = [face_state, z_box, psi_slider, noise, with_fr, *sliders]
@@ -220,8 +227,8 @@ def serve(studio: st.Studio, host: str = "127.0.0.1", port: int = 7860, psi: flo
     app = build_app(studio, psi, noise_mode)
     app.queue(default_concurrency_limit=1)  # one G: requests run in turn, the page never blocks on them
     try:
-        app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, share=False,
-                   ssr_mode=False, css=CSS, theme=gr.themes.Default(), footer_links=["api"])  # fmt: skip
+        app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=quiet, show_error=True,
+                   share=False, ssr_mode=False, css=CSS, theme=gr.themes.Default(), footer_links=["api"])  # fmt: skip
     except OSError as e:
         raise UserError(f"cannot serve on {host}:{port} ({e}); pick another --port") from e
     return app

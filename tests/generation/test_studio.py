@@ -315,7 +315,7 @@ def test_client_edit_equals_generate_py(env, server, tmp_path) -> None:
 
     url, outdir = server
     client = Client(url, verbose=False)
-    _, *shown, status = client.predict("seed", 3, api_name="/load_face")
+    *shown, status = client.predict("seed", 3, api_name="/load_face")  # the face State stays on the server
     assert "seed 3" in status
     np.testing.assert_array_equal(shown, st.controls_from_p(env["labels"][cg.p_index(3, NUM_LABELS)]).as_list())
 
