@@ -37,6 +37,7 @@ import numpy as np
 import PIL.Image
 
 from torch_utils.errors import UserError
+from torch_utils.misc import pick_device
 
 TOOL_NAME = "taxfree3dmm dataset_tool"
 TOOL_VERSION = "1.0.0"
@@ -416,9 +417,7 @@ def build_realigned_dataset(
 
     ckpt_path = resolve_recon_checkpoint(recon_ckpt)
     net = load_recon_net(ckpt_path)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
+    dev = pick_device(device)
     net = net.to(dev).eval()
     fr_size = int(net.input_size)
     meta: dict[str, Any] = {
@@ -483,7 +482,7 @@ def finish_report(dest: str | os.PathLike, num_images: int, report: SkipReport, 
 
 def label_layout() -> dict[str, list[int]]:
     """Coefficient groups of the 257-d label as {name: [start, stop]} (id, exp, tex, angle, gamma, trans)."""
-    from deep3drecon.face_model import COEFF_SLICES
+    from deep3drecon.coeffs import COEFF_SLICES
 
     return {name: [s.start, s.stop] for name, s in COEFF_SLICES.items()}
 

@@ -236,20 +236,17 @@ def serve(studio: st.Studio, host: str = "127.0.0.1", port: int = 7860, psi: flo
 
 def fr_factory(config: dict, recon_ckpt: str | None, device: torch.device,
                progress: bool = True) -> Callable[[], torch.nn.Module]:  # fmt: skip
-    """Zero-argument factory of the snapshot's frozen FR (or recon_ckpt's; the built-in synthetic FR when the run
-    used it), checked now and built on first use."""
-    from deep3drecon import assets
-    from training.face_pipeline import build_reconstructor
+    """Zero-argument factory of the frozen FR: recon_ckpt, else the snapshot's, else the built-in synthetic FR.
 
-    ckpt = recon_ckpt or config.get("recon_ckpt")
-    if recon_ckpt is None and ckpt is not None and not os.path.isfile(ckpt):
-        raise UserError(f"the snapshot was trained with the FR checkpoint {ckpt}, which no longer exists; "
-                        "pass --recon-ckpt")  # fmt: skip
-    if ckpt is not None:
-        ckpt = str(assets.resolve_recon_checkpoint(ckpt))
+    Resolved and built on first use (the FR view or a photo), so the page opens without waiting for it; a missing
+    checkpoint then shows as a message in the page.
+    """
 
     def build() -> torch.nn.Module:
-        path = ckpt if ckpt is not None else str(assets.synthetic_recon_path(progress=progress))
-        return build_reconstructor(path, device, config.get("recon_backbone"))
+        from training.resolve import build_reconstructor, resolve_assets
+
+        ckpt = resolve_assets(config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
+                              progress=progress).recon_ckpt  # fmt: skip
+        return build_reconstructor(ckpt, device, config.get("recon_backbone"))
 
     return build

@@ -26,7 +26,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from deep3drecon.face_model import COEFF_SLICES, INIT_LIT, NUM_COEFFS
+from deep3drecon.coeffs import COEFF_SLICES, NUM_COEFFS
+from deep3drecon.face_model import INIT_LIT
 from generation import controlled as cg
 from torch_utils.errors import UserError
 from training.rep import rep_render

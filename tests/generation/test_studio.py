@@ -17,7 +17,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deep3drecon.face_model import COEFF_SLICES, INIT_LIT, SH_CONSTANTS, FaceModel
+from deep3drecon.coeffs import COEFF_SLICES
+from deep3drecon.face_model import INIT_LIT, SH_CONSTANTS, FaceModel
 from deep3drecon.recon_net import ReconNet, save_recon_net
 from deep3drecon.synthetic import write_synthetic_mat
 from generate import cli
@@ -25,8 +26,8 @@ from generation import controlled as cg
 from generation import studio_state as st
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from training.face_pipeline import build_reconstructor, build_renderer
 from training.networks import Generator
+from training.resolve import build_reconstructor, build_renderer
 from training.snapshot import load_network, save_network_snapshot
 
 RES = 32
