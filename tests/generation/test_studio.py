@@ -311,6 +311,7 @@ def server(env, tmp_path_factory):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_client_edit_equals_generate_py(env, server, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
@@ -374,6 +375,7 @@ def screenshot(url: str, path: str, width: int = 1280, height: int = 900, timeou
                        check=True, capture_output=True, timeout=timeout)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_page_in_headless_chromium(env, server, tmp_path) -> None:
     if _chromium() is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
