@@ -103,23 +103,26 @@ def test_unmoved_sliders_keep_p_bitwise() -> None:
         np.testing.assert_array_equal(st.apply_controls(p, st.controls_from_p(p)), p)
 
 
-def test_pose_sliders_follow_the_face_model() -> None:
+def test_pose_sliders_follow_the_face_model(env) -> None:
     p = _random_p(0)
     shown = st.controls_from_p(p)
     edited = st.apply_controls(p, st.Controls(**{**shown.__dict__, "yaw": 30.0}))
     changed = np.flatnonzero(edited != p)
     assert list(changed) == [COEFF_SLICES["angle"].start + 1]  # yaw is angle[1], nothing else moves
     assert edited[changed[0]] == np.float32(math.radians(30.0))
-    # Directions from FaceModel's own rotation: + yaw sends the nose (+z) to the image's right (+x), + pitch sends
-    # it down (-y), + roll turns the top of the head (+y) to the left (-x): counter-clockwise on screen.
-    nose, top = torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 1.0, 0.0])
-    for name, axis, vector, sign in [("yaw", 0, nose, 1), ("pitch", 1, nose, -1), ("roll", 0, top, -1)]:
-        angles = torch.zeros(1, 3)
-        angles[0, st.ANGLE_INDEX[name]] = math.radians(20)
-        moved = FaceModel.compute_rotation(angles)[0] @ vector
-        assert sign * moved[axis] > 0.3, name
     back = st.controls_from_p(edited)
     assert back.yaw == 30.0 and back.pitch == shown.pitch and back.roll == shown.roll
+    # The slider labels' screen directions, from the face model's landmarks (y-down pixels) of a neutral face:
+    # + yaw moves the nose tip right, + pitch moves it down, + roll raises the image-right eye (counter-clockwise).
+    model = FaceModel.from_mat(env["bfm"])
+    neutral = np.zeros(257, dtype=np.float32)
+    zero = st.controls_from_p(neutral)
+    posed = [st.apply_controls(neutral, st.Controls(**{**zero.__dict__, k: 30.0})) for k in ("yaw", "pitch", "roll")]
+    lm = model.compute(torch.from_numpy(np.stack([neutral, *posed]))).landmarks  # [4, 68, 2]
+    nose, right_eye = lm[:, 30], lm[:, 42:48].mean(dim=1)
+    assert nose[1, 0] - nose[0, 0] > 10 and abs(nose[1, 1] - nose[0, 1]) < 2  # yaw: right
+    assert nose[2, 1] - nose[0, 1] > 10 and abs(nose[2, 0] - nose[0, 0]) < 2  # pitch: down
+    assert right_eye[0, 1] - right_eye[3, 1] > 5  # roll: the right eye goes up
 
 
 def test_expression_sliders() -> None:
