@@ -392,3 +392,10 @@ def test_page_in_headless_chromium(env, server, tmp_path) -> None:
     colours = {tuple(c) for c in expected}
     found = sum(c in on_screen for c in colours) / len(colours)
     assert found > 0.9, f"only {found:.0%} of the generated image's colours are in the screenshot"
+
+
+def test_without_gradio_one_line(env, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # as if the extra were not installed
+    result = CliRunner().invoke(cli, ["studio", "--network", env["cond"], "--outdir", str(tmp_path)])
+    assert result.exit_code == 1 and 'pip install -e ".[studio]"' in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
