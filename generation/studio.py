@@ -146,9 +146,9 @@ def build_app(studio: st.Studio, psi: float = 1.0, noise_mode: str = "const", z_
     with gr.Blocks(title="taxfree3dmm studio") as app:
         gr.Markdown(f"### taxfree3dmm studio: `{studio.network}` ({G.img_resolution}px, {kind}, {G.num_ws} ws)")
         if not conditional:
-            gr.Markdown("This snapshot is **unconditional** (trained without 3DMM conditioning): it takes no p, so "
-                        "there are no pose, expression, lighting or identity controls; only z, truncation and "
-                        "noise can be edited.")  # fmt: skip
+            gr.Markdown("This snapshot is **unconditional** (a `--no-cond` run or an NVIDIA StyleGAN2 network): it "
+                        "takes no 3DMM coefficients p, so there are no pose, expression, lighting or identity "
+                        "controls; only z, truncation and noise can be edited.")  # fmt: skip
         face_state = gr.State(face)
         image_kw = dict(format="png", type="numpy", interactive=False, height=DISPLAY_PX, width=DISPLAY_PX,
                         elem_classes="studio-image")  # fmt: skip

@@ -26,7 +26,7 @@ from generation import controlled as cg
 from generation import studio_state as st
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from training.networks import Generator
+from training.networks import Generator, SynthesisLayer
 from training.resolve import build_reconstructor, build_renderer
 from training.snapshot import load_network, save_network_snapshot
 
@@ -46,6 +46,9 @@ def _snapshot(folder: str, conditional: bool, assets: dict) -> str:
             if name.endswith("noise_strength"):
                 param.fill_(0.5)
         G.mapping.w_avg.normal_()
+        for layer in G.modules():  # injected-feature weights start at zero; random ones make the image follow p
+            if isinstance(layer, SynthesisLayer):
+                layer.weight.normal_()
     path = os.path.join(folder, f"net-{'cond' if conditional else 'uncond'}.pt")
     save_network_snapshot(path, G, kwargs, dict(assets, cond=conditional, render_backend="torch"), cur_nimg=0)
     return path
