@@ -143,7 +143,8 @@ def build_app(studio: st.Studio, psi: float = 1.0, noise_mode: str = "const", z_
     first = handlers.edit(face, z_seed, psi, noise_mode, False, *(shown.as_list() if shown else []))
     G = studio.G
     kind = "3DMM-conditional" if conditional else "unconditional"
-    with gr.Blocks(title="taxfree3dmm studio") as app:
+    # Every update writes its PNGs to gradio's cache: drop files older than an hour, checked hourly.
+    with gr.Blocks(title="taxfree3dmm studio", delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"### taxfree3dmm studio: `{studio.network}` ({G.img_resolution}px, {kind}, {G.num_ws} ws)")
         if not conditional:
             gr.Markdown("This snapshot is **unconditional** (a `--no-cond` run or an NVIDIA StyleGAN2 network): it "
