@@ -24,5 +24,8 @@ setup(
         "tqdm>=4.60",
         "torch-fidelity>=0.3",
     ],
-    extras_require={"dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"]},
+    extras_require={
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"],
+        "studio": ["gradio>=6.0", "gradio-client>=2.0"],  # generate.py studio (the browser editor)
+    },
 )
