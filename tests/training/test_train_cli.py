@@ -100,9 +100,11 @@ def test_builtin_assets_stay_unresolved_in_the_saved_config(tmp_path, monkeypatc
     config = json.loads(result.output[result.output.index("{"): result.output.index("Output directory")])
     assert config["data"] is None and config["bfm"] is None and config["recon_ckpt"] is None
     assert config["resolution"] == 16 and config["cond"] is True
+    from deep3drecon import assets
     from training.resolve import resolve_assets
 
     resolved = resolve_assets(config, need_fr=True)
     data, bfm, ckpt = resolved.data, resolved.bfm, resolved.recon_ckpt
-    assert data.endswith("synthetic-v2-4-16px-seed0.zip") and bfm.endswith(".mat") and ckpt == str(fr)
+    assert data.endswith(f"synthetic-v{assets.SYNTHETIC_FR_VERSION}-4-16px-seed0.zip")
+    assert bfm.endswith(".mat") and ckpt == str(fr)
     assert torch.load(ckpt, weights_only=True)["input_size"] == 32
