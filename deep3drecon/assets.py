@@ -220,7 +220,7 @@ def check_assets(
         AssetStatus("BFM face model", bfm_path, bfm_path.is_file(), "" if bfm_path.is_file() else BFM_HELP),
         AssetStatus("FR checkpoint", ckpt_path, ckpt_path.is_file(), "" if ckpt_path.is_file() else RECON_HELP),
         AssetStatus("synthetic face model", synth_mat, synth_mat.is_file(), "generated on first use"),
-        AssetStatus("synthetic FR", synth_fr, synth_fr.is_file(), "trained on first use (about 2 CPU minutes)"),
+        AssetStatus("synthetic FR", synth_fr, synth_fr.is_file(), "trained on first use (about 1.5 CPU minutes)"),
         AssetStatus("nvdiffrast", nvdr_path, nvdr, nvdr_note),
     ]
 
