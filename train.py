@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 
@@ -24,7 +23,8 @@ from torch_utils.errors import Command, UserError
 from torch_utils.misc import pick_device
 from training import snapshot
 from training.config import TrainConfig, resolve_config, validate
-from training.resolve import resolve_run
+from training.resolve import resolve_assets, resolve_run
+from training.run_dir import create_run_dir, lock_existing_run, next_run_number
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
@@ -49,18 +49,31 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def next_run_dir(outdir: str, desc: str) -> str:
-    """outdir/<00000>-<desc> with the next free number."""
-    os.makedirs(outdir, exist_ok=True)
-    ids = [int(m.group(1)) for d in os.listdir(outdir) if (m := re.match(r"^(\d+)-", d))]
-    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
+def prepare_assets(config: TrainConfig, dry_run: bool = False) -> str:
+    """Open and check the dataset and the face assets before any run directory exists; returns the data path.
 
-
-def prepare_assets(config: TrainConfig) -> str:
-    """Build missing built-in assets once (with progress) and open the dataset to check it; returns its path."""
+    A real run builds missing built-in assets once (with progress) and loads the face model and FR checkpoint on
+    the CPU, so that a bad file is refused here, leaving nothing behind. A dry run only resolves paths (the
+    synthetic FR, minutes to train, is not built).
+    """
+    if dry_run:
+        resolved = resolve_assets(config.to_dict(), need_face=config.cond, need_fr=False)
+        return resolved.data
     dataset, resolved = resolve_run(config, progress=True)
     config.resolution = dataset.resolution
     dataset.close()
+    if dataset.skipped:
+        print(f"Leaving out {len(dataset.skipped)} bad image(s) (--skip-bad-images):")
+        for name, reason in dataset.skipped[:20]:
+            print(f"  {name}: {reason}")
+        if len(dataset.skipped) > 20:
+            print(f"  ... and {len(dataset.skipped) - 20} more")
+    if config.cond:
+        from deep3drecon.face_model import FaceModel
+        from deep3drecon.recon_net import load_recon_net
+
+        FaceModel.from_mat(resolved.bfm)
+        load_recon_net(resolved.recon_ckpt, backbone=config.recon_backbone)
     return resolved.data
 
 
@@ -108,7 +121,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     outdir, desc = flags.pop("outdir"), flags.pop("desc")
     resume_state = None
     if resume is not None:
-        resume_state = snapshot.resolve_resume(resume, outdir)
+        resume_state = snapshot.resolve_resume(resume, outdir, log=print)
         saved = snapshot.safe_load(resume_state)
         if saved.get("format") != snapshot.STATE_FORMAT:
             raise UserError(f"--resume needs a training-state-*.pt, not a network snapshot: {resume_state}")
@@ -125,12 +138,13 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     else:
         config = resolve_config(cfg, flags)
         config.outdir = outdir
-        data_path = prepare_assets(config)
+        data_path = prepare_assets(config, dry_run)
         data_name = os.path.splitext(os.path.basename(data_path.rstrip("/")))[0]
         parts = [config.cfg, data_name, f"gpus{config.gpus}", f"batch{config.batch}", f"gamma{config.gamma:g}"]
         parts += ["nocond"] if not config.cond else []
         parts += [desc] if desc else []
-        run_dir = next_run_dir(outdir, "-".join(parts))
+        # The number is only planned here; claim_run_dir takes the next free one atomically.
+        run_dir = os.path.join(outdir, f"{next_run_number(outdir):05d}-{'-'.join(parts)}")
         config.desc = desc
     if not distributed.launched_by_torchrun() and config.device != "cpu" and torch.cuda.is_available():
         if config.gpus > torch.cuda.device_count():
@@ -171,6 +185,8 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
 @click.option("--render-backend", "render_backend", type=click.Choice(["auto", "torch", "nvdiffrast"]))
 @click.option("--metrics", help="Comma-separated metrics at each snapshot, or 'none'", type=str)
 @click.option("--resume", help="Continue a run: training-state .pt, run directory, or 'latest'", type=str)
+@click.option("--skip-bad-images", "skip_bad_images", is_flag=True, default=None,
+              help="Leave out (and list) dataset images that fail the header check instead of stopping")
 @click.option("--desc", help="Extra text in the run directory name", type=str)
 @click.option("--device", help="auto | cuda | cpu", type=click.Choice(["auto", "cuda", "cpu"]))
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and exit")
@@ -183,9 +199,13 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
         distributed.init_torchrun()
         flags["gpus"] = distributed.get_world_size()
     outcome: list = [None]
+    lock = None
     if distributed.get_rank() == 0:
         try:
-            outcome = [("ok", setup_run(cfg, resume, dry_run, flags))]
+            config, run_dir, resume_state = setup_run(cfg, resume, dry_run, flags)
+            if not dry_run:
+                run_dir, lock = claim_run_dir(config, run_dir, resume_state)
+            outcome = [("ok", (config, run_dir, resume_state))]
         except UserError as e:
             outcome = [("error", str(e))]
     if torchrun:
@@ -204,13 +224,31 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
             print("Dry run; exiting.")
         distributed.shutdown()
         return
-    if distributed.get_rank() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        if resume_state is None:
-            with open(os.path.join(run_dir, "training_options.json"), "w") as f:
-                json.dump(config.to_dict(), f, indent=2)
     distributed.barrier()
-    launch(config, run_dir, resume_state)
+    try:
+        launch(config, run_dir, resume_state)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_run_dir(config: TrainConfig, planned: str, resume_state: str | None):
+    """Lock the resumed run directory, or create the new one atomically (locked) with training_options.json.
+
+    Returns (run_dir, lock); the lock is held until the run ends. UserError if another trainer holds it or the
+    output directory cannot be written.
+    """
+    if resume_state is not None:
+        return planned, lock_existing_run(planned)
+    outdir, name = os.path.split(planned)
+    run_dir, lock = create_run_dir(outdir, name.split("-", 1)[1])
+    try:
+        with open(os.path.join(run_dir, "training_options.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2)
+    except OSError as e:
+        lock.release()
+        raise UserError(f"cannot write {run_dir}/training_options.json: {e.strerror}") from None
+    return run_dir, lock
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from torch_utils.errors import UserError
+from torch_utils.errors import UserError, first_line
 from torch_utils.misc import pick_device
 
 TOOL_NAME = "taxfree3dmm dataset_tool"
@@ -272,6 +272,23 @@ def check_landmarks(lm: np.ndarray) -> np.ndarray:
     return lm
 
 
+def landmarks_outside(lm: np.ndarray, width: int, height: int) -> str | None:
+    """Why landmarks [5|68, 2] (y-down pixels) do not fit a width x height image, or None if they do.
+
+    The 5 points the alignment uses (eyes, nose tip, mouth corners; from 68 as the alignment reduces them) must lie
+    inside the image: outside it the crop shows no face (all black) while FR would still label it.
+    """
+    from deep3drecon.align import landmarks_68_to_5
+
+    points = np.asarray(landmarks_68_to_5(lm) if len(lm) == 68 else lm, dtype=np.float64)
+    inside = (points[:, 0] >= 0) & (points[:, 0] <= width) & (points[:, 1] >= 0) & (points[:, 1] <= height)
+    if inside.all():
+        return None
+    x, y = points[~inside][0]
+    return (f"{int((~inside).sum())} of the 5 alignment points lie outside the {width}x{height} image "
+            f"(e.g. at {x:.1f}, {y:.1f})")
+
+
 def list_image_folder(source: str | os.PathLike, max_images: int | None = None) -> list[SourceItem]:
     """Images under `source` (recursive, sorted by relative path), each with landmarks in '<stem>.txt' beside it."""
     root = Path(source)
@@ -372,7 +389,10 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
         with PIL.Image.open(item.image_path) as img:
             image = img.convert("RGB")  # forces the full decode here, so truncated files fail here
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        return Skipped(item, f"cannot read image: {type(exc).__name__}: {str(exc)[:120]}")
+        return Skipped(item, f"cannot read image: {type(exc).__name__}: {first_line(exc)}")
+    outside = landmarks_outside(lm, image.width, image.height)
+    if outside:
+        return Skipped(item, f"bad landmarks: {outside}")
     try:
         stored = align_face(image, lm, size=resolution)
         fr = stored if fr_size == resolution else align_face(image, lm, size=fr_size)
@@ -495,7 +515,8 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """Summary of a dataset zip/folder: image count, resolution, label dim, per-group label statistics."""
     from training.dataset import ImageLabelDataset
 
-    ds = ImageLabelDataset(os.fspath(path))
+    # Every image header and label is checked as training would; bad ones are listed here instead of stopping.
+    ds = ImageLabelDataset(os.fspath(path), require_labels=False, skip_bad_images=True, progress=True)
     labels = ds.labels.astype(np.float64)
     groups: dict[str, dict[str, float]] = {}
     if labels.shape[1] == 257:
@@ -511,6 +532,7 @@ def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
         "path": str(path), "num_images": len(ds.image_names), "resolution": ds.resolution,
         "channels": ds.num_channels, "label_dim": ds.label_dim, "label_stats": groups, "mode": meta.get("mode"),
         "tool_version": meta.get("tool_version"), "num_skipped": meta.get("num_skipped"),
+        "bad_images": [{"name": name, "reason": reason} for name, reason in ds.skipped],
     }  # fmt: skip
     ds.close()
     return to_jsonable(info)
@@ -530,4 +552,12 @@ def format_info(info: dict[str, Any]) -> str:
                 f"{name:<6} {s['dims']:>4} {s['mean']:>9.4f} {s['std']:>9.4f} {s['min']:>9.4f} "
                 f"{s['max']:>9.4f} {s['mean_dim_std']:>9.4f}"
             )
+    bad = info.get("bad_images") or []
+    if bad:
+        lines.append(f"{len(bad)} image(s) fail the check training runs (train.py stops, or leaves them out with "
+                     "--skip-bad-images):")  # fmt: skip
+        lines += [f"  {b['name']}: {b['reason']}" for b in bad[:20]]
+        lines += [f"  ... and {len(bad) - 20} more"] if len(bad) > 20 else []
+    else:
+        lines.append("All images and labels pass the training-time check.")
     return "\n".join(lines)

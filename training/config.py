@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 3
     xflip: bool = False                    # off: mirroring images would contradict their 3DMM labels
+    skip_bad_images: bool = False          # leave out (and list) images that fail the open-time check
     metrics: list[str] = dataclasses.field(default_factory=list)
     resume: str | None = None
     device: str = "auto"                   # auto | cuda | cpu

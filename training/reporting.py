@@ -1,7 +1,9 @@
 """What a run reports once per tick: the status line, stats.jsonl and TensorBoard scalars (rank 0 writes).
 
 Every rank calls `TickReporter.tick` at the same point of the loop, because collecting the statistics is a
-collective (an all-reduce over ranks); only rank 0 prints and writes.
+collective (an all-reduce over ranks); only rank 0 prints and writes. TensorBoard's step is the image count
+(unique per tick). A resumed run first drops what the interrupted one logged after its training state was saved
+(stats.jsonl rows and TensorBoard events past that image count), so every tick appears once.
 """
 
 from __future__ import annotations
@@ -25,24 +27,53 @@ def cpu_memory_gb() -> float:
         return 0.0
 
 
+def truncate_stats(path: str, resume_nimg: int) -> None:
+    """Drop the stats.jsonl rows of ticks after image `resume_nimg` (written by a run that was then interrupted).
+
+    Rewritten through a temp file and a rename, so a crash here never loses the rows that are kept.
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            kimg = json.loads(line).get("Progress/kimg", {}).get("mean")
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a row cut short by the kill
+        if kimg is None or round(kimg * 1000) <= resume_nimg:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) == len(lines):
+        return
+    tmp = os.path.join(os.path.dirname(path), ".tmp-" + os.path.basename(path))  # cleaned up if killed here
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
 class TickReporter:
     """Summarises a tick's statistics into one status line, a stats.jsonl row and TensorBoard scalars."""
 
-    def __init__(self, run_dir: str, stats: StatsCollector, device: torch.device, rank: int) -> None:
+    def __init__(self, run_dir: str, stats: StatsCollector, device: torch.device, rank: int,
+                 resume_nimg: int | None = None) -> None:  # fmt: skip
         self.stats, self.device, self.rank = stats, device, rank
         self.writer = self.stats_file = None
         if rank == 0:
+            if resume_nimg is not None:
+                truncate_stats(os.path.join(run_dir, "stats.jsonl"), resume_nimg)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(run_dir)
+                purge = None if resume_nimg is None else resume_nimg + 1  # hides events logged past the resume point
+                self.writer = SummaryWriter(run_dir, purge_step=purge)
             except ImportError:
                 print("TensorBoard not installed: writing stats.jsonl only", flush=True)
             self.stats_file = open(os.path.join(run_dir, "stats.jsonl"), "a")
 
     def tick(self, *, cur_tick: int, cur_nimg: int, tick_start_nimg: int, tick_start_time: float, start_time: float,
-             maintenance_time: float, alpha: float) -> None:
-        """Report one finished tick (collective: every rank calls it)."""
+             maintenance_time: float, alpha: float) -> dict[str, dict[str, float]]:
+        """Report one finished tick (collective: every rank calls it); returns the tick's statistics."""
         tick_end_time = time.time()
         sec_per_tick = tick_end_time - tick_start_time
         sec_per_kimg = sec_per_tick / max(cur_nimg - tick_start_nimg, 1) * 1000
@@ -56,7 +87,7 @@ class TickReporter:
             self.stats.report(name, value)
         tick_stats = self.stats.collect()  # collective: every rank
         if self.rank != 0:
-            return
+            return tick_stats
         mean = lambda name: tick_stats.get(name, {}).get("mean", float("nan"))
         print(" ".join([
             f"tick {cur_tick:<5d}", f"kimg {cur_nimg / 1000:<8.1f}",
@@ -68,9 +99,10 @@ class TickReporter:
         self.stats_file.flush()
         if self.writer is not None:
             for name, value in tick_stats.items():
-                self.writer.add_scalar(name, value["mean"], global_step=int(cur_nimg / 1000),
+                self.writer.add_scalar(name, value["mean"], global_step=cur_nimg,
                                        walltime=tick_end_time - start_time)  # fmt: skip
             self.writer.flush()
+        return tick_stats
 
     def close(self) -> None:
         """Close stats.jsonl and the TensorBoard writer."""

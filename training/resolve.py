@@ -131,7 +131,9 @@ def resolve_run(config: TrainConfig, progress: bool = False,
     (config.cond). Raises UserError on a dataset whose labels the method cannot use.
     """
     resolved = resolve_assets(config.to_dict(), need_face=config.cond, need_fr=config.cond, progress=progress, log=log)
-    dataset = ImageLabelDataset(resolved.data, resolution=config.resolution, xflip=config.xflip)
+    dataset = ImageLabelDataset(resolved.data, resolution=config.resolution, xflip=config.xflip,
+                                require_labels=config.cond, skip_bad_images=config.skip_bad_images,
+                                progress=progress)  # fmt: skip
     if config.cond and dataset.label_dim != 257:
         raise UserError(f"{resolved.data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
                         "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")

@@ -24,6 +24,7 @@ from training.grids import generate_grid, grid_size, save_image_grid
 from training.loss import GANLoss
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
+from training.nonfinite import NonFiniteGuard
 from training.rep import make_rep
 from training.reporting import TickReporter
 from training.resolve import ResolvedAssets, build_reconstructor, build_renderer
@@ -113,7 +114,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         if grid_rep is not None:
             save_image_grid(grid_rep[:, :3].repeat_interleave(gw, 0), os.path.join(run_dir, "reps.png"), gw)
         save_image_grid(generate_grid(G_ema, grid_z, grid_rep, batch_gpu), os.path.join(run_dir, "fakes_init.png"), gw)
-    reporter = TickReporter(run_dir, stats, device, rank)
+    reporter = TickReporter(run_dir, stats, device, rank, resume_nimg=cur_nimg if resume_state else None)
+    guard = NonFiniteGuard(device)
 
     def sample_conditions() -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fresh z [batch_gpu, z_dim] and rep(p) [batch_gpu, 9, R, R] of bank rows p (None for --no-cond)."""
@@ -135,14 +137,15 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         # Status at the end of each tick (tick 0 ends after the first iteration).
         tick_done = done or cur_tick == 0 or cur_nimg >= tick_start_nimg + config.tick_kimg * 1000
         if tick_done and batch_idx > 0:
-            reporter.tick(cur_tick=cur_tick, cur_nimg=cur_nimg, tick_start_nimg=tick_start_nimg,
+            tick_stats = reporter.tick(cur_tick=cur_tick, cur_nimg=cur_nimg, tick_start_nimg=tick_start_nimg,
                           tick_start_time=tick_start_time, start_time=start_time, maintenance_time=maintenance_time,
                           alpha=blend_alpha(cur_nimg, config.blend_kimg))  # fmt: skip
+            guard.check(tick_stats, cur_tick, run_dir)  # a diverged run stops here, before its snapshot
 
             # Snapshot: fakes grid, network snapshot, training state, metrics (every config.snap ticks and at the end).
             maint_start = time.time()
             if done or cur_tick % config.snap == 0:
-                kimg_tag = f"{cur_nimg // 1000:06d}"
+                kimg_tag = snapshot.snapshot_tag(cur_nimg)
                 if rank == 0:
                     fakes = generate_grid(G_ema, grid_z, grid_rep, batch_gpu)
                     save_image_grid(fakes, os.path.join(run_dir, f"fakes{kimg_tag}.png"), gw)
@@ -177,7 +180,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
                 z, rep = sample_conditions() if phase != "Dreg" else (None, None)
                 loss.accumulate_gradients(phase, real, z, rep, alpha, gain)
             net.requires_grad_(False)
-            distributed.average_gradients(net.parameters())
+            guard.observe(distributed.average_gradients(net.parameters()), phase, batch_idx, cur_nimg)
             opt.step()
 
         # EMA of G (half-life ema_kimg, optional ramp-up in the first images).
@@ -206,9 +209,9 @@ def _restore_state(path: str, G, D, G_ema, opt_G, opt_D, rng: torch.Generator, d
     """Load a training state into the networks, optimisers and RNGs; returns (cur_nimg, next tick, batch_idx)."""
     state = snapshot.safe_load(path)
     for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
-        module.load_state_dict(state[key])
-    opt_G.load_state_dict(state["opt_G"])
-    opt_D.load_state_dict(state["opt_D"])
+        snapshot.load_state_into(module, state[key], key, path)
+    snapshot.load_optimizer_into(opt_G, state["opt_G"], "G", path)
+    snapshot.load_optimizer_into(opt_D, state["opt_D"], "D", path)
     if f"rank{rank}" in state["rng"]:  # same world size: continue every random stream exactly
         rng.set_state(state["rng"][f"rank{rank}"])
         torch.set_rng_state(state["rng"][f"torch_cpu{rank}"])
