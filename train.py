@@ -23,7 +23,7 @@ from torch_utils.errors import Command, UserError
 from torch_utils.misc import pick_device
 from training import snapshot
 from training.config import TrainConfig, resolve_config, validate
-from training.resolve import resolve_assets, resolve_run
+from training.resolve import resolve_run
 from training.run_dir import create_run_dir, lock_existing_run, next_run_number
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
@@ -53,13 +53,10 @@ def prepare_assets(config: TrainConfig, dry_run: bool = False) -> str:
     """Open and check the dataset and the face assets before any run directory exists; returns the data path.
 
     A real run builds missing built-in assets once (with progress) and loads the face model and FR checkpoint on
-    the CPU, so that a bad file is refused here, leaving nothing behind. A dry run only resolves paths (the
-    synthetic FR, minutes to train, is not built).
+    the CPU, so that a bad file is refused here, leaving nothing behind. A dry run only resolves and checks the
+    dataset (the synthetic FR, minutes to train, is not built).
     """
-    if dry_run:
-        resolved = resolve_assets(config.to_dict(), need_face=config.cond, need_fr=False)
-        return resolved.data
-    dataset, resolved = resolve_run(config, progress=True)
+    dataset, resolved = resolve_run(config, progress=True, need_fr=not dry_run)
     config.resolution = dataset.resolution
     dataset.close()
     if dataset.skipped:
@@ -68,6 +65,8 @@ def prepare_assets(config: TrainConfig, dry_run: bool = False) -> str:
             print(f"  {name}: {reason}")
         if len(dataset.skipped) > 20:
             print(f"  ... and {len(dataset.skipped) - 20} more")
+    if dry_run:
+        return resolved.data
     if config.cond:
         from deep3drecon.face_model import FaceModel
         from deep3drecon.recon_net import load_recon_net
@@ -110,8 +109,16 @@ def launch(config: TrainConfig, run_dir: str, resume_state: str | None) -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             init_method = f"file://{os.path.abspath(os.path.join(tmp, '.torch_distributed_init'))}"
-            torch.multiprocessing.spawn(run_worker, args=(config, run_dir, resume_state, init_method),
-                                        nprocs=config.gpus)
+            try:
+                torch.multiprocessing.spawn(run_worker, args=(config, run_dir, resume_state, init_method),
+                                            nprocs=config.gpus)
+            except torch.multiprocessing.ProcessRaisedException as e:
+                # A rank's UserError (e.g. training.nonfinite.TrainingDiverged) arrives as its traceback text; its
+                # last line "module.Class: message" is the one line the user needs.
+                last = str(e).strip().splitlines()[-1]
+                if last.startswith(("torch_utils.errors.UserError: ", "training.nonfinite.TrainingDiverged: ")):
+                    raise UserError(last.split(": ", 1)[1]) from None
+                raise
 
 
 def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple[TrainConfig, str, str | None]:

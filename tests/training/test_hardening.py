@@ -179,7 +179,7 @@ def test_renderer_survives_nan_coefficients(tmp_path):
 
 
 def test_dataset_tool_refuses_landmarks_outside_the_image(tmp_path):
-    from dataprep.builder import SourceItem, Skipped, prepare_item
+    from dataprep.builder import Skipped, SourceItem, prepare_item
 
     image = tmp_path / "photo.png"
     PIL.Image.fromarray(np.full([64, 64, 3], 128, np.uint8)).save(image)
