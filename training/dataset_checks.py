@@ -43,7 +43,7 @@ def image_header_problem(f: IO[bytes], file_size: int) -> tuple[tuple[int, int] 
     head = f.read(32)
     f.seek(0)
     try:
-        image = PIL.Image.open(f)
+        image = PIL.Image.open(f, formats=("PNG", "JPEG", "WEBP", "BMP"))  # the dataset extensions only
         size, mode, fmt = image.size, image.mode, image.format
     except Exception as e:  # PIL raises many types for a foreign or damaged file
         return None, f"not a readable image ({type(e).__name__}: {first_line(e)})"
