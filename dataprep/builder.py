@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from dataprep.landmarks import check_landmarks, landmarks_outside, load_landmarks_txt
 from torch_utils.errors import UserError, first_line
 from torch_utils.misc import pick_device
 
@@ -250,43 +251,6 @@ class SourceItem:
     image_path: str
     landmarks: list[list[float]] | None = None
     landmarks_path: str | None = None
-
-
-def load_landmarks_txt(path: str | os.PathLike) -> np.ndarray:
-    """Read a landmark file of 5 or 68 rows 'x y' (y-down pixels, space/tab/comma separated) -> float64 [K, 2]."""
-    text = Path(path).read_text().replace(",", " ")
-    rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    lm = np.array(rows, dtype=np.float64)
-    return check_landmarks(lm)
-
-
-def check_landmarks(lm: np.ndarray) -> np.ndarray:
-    """Validate landmarks: shape [5|68, 2], finite, not all on one point -> float64 [K, 2]; ValueError if not."""
-    lm = np.asarray(lm, dtype=np.float64)
-    if lm.ndim != 2 or lm.shape[1] != 2 or lm.shape[0] not in (5, 68):
-        raise ValueError(f"landmarks must be 5 or 68 rows of 'x y', got shape {lm.shape}")
-    if not np.isfinite(lm).all():
-        raise ValueError("landmarks contain NaN/inf")
-    if np.ptp(lm, axis=0).max() < 1e-3:
-        raise ValueError("landmarks are degenerate (all at one point)")
-    return lm
-
-
-def landmarks_outside(lm: np.ndarray, width: int, height: int) -> str | None:
-    """Why landmarks [5|68, 2] (y-down pixels) do not fit a width x height image, or None if they do.
-
-    The 5 points the alignment uses (eyes, nose tip, mouth corners; from 68 as the alignment reduces them) must lie
-    inside the image: outside it the crop shows no face (all black) while FR would still label it.
-    """
-    from deep3drecon.align import landmarks_68_to_5
-
-    points = np.asarray(landmarks_68_to_5(lm) if len(lm) == 68 else lm, dtype=np.float64)
-    inside = (points[:, 0] >= 0) & (points[:, 0] <= width) & (points[:, 1] >= 0) & (points[:, 1] <= height)
-    if inside.all():
-        return None
-    x, y = points[~inside][0]
-    return (f"{int((~inside).sum())} of the 5 alignment points lie outside the {width}x{height} image "
-            f"(e.g. at {x:.1f}, {y:.1f})")
 
 
 def list_image_folder(source: str | os.PathLike, max_images: int | None = None) -> list[SourceItem]:
@@ -505,59 +469,3 @@ def label_layout() -> dict[str, list[int]]:
     from deep3drecon.coeffs import COEFF_SLICES
 
     return {name: [s.start, s.stop] for name, s in COEFF_SLICES.items()}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# info.
-
-
-def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Summary of a dataset zip/folder: image count, resolution, label dim, per-group label statistics."""
-    from training.dataset import ImageLabelDataset
-
-    # Every image header and label is checked as training would; bad ones are listed here instead of stopping.
-    ds = ImageLabelDataset(os.fspath(path), require_labels=False, skip_bad_images=True, progress=True)
-    labels = ds.labels.astype(np.float64)
-    groups: dict[str, dict[str, float]] = {}
-    if labels.shape[1] == 257:
-        for name, (a, b) in label_layout().items():
-            g = labels[:, a:b]
-            # mean_dim_std: the spread of each coefficient, averaged over the group's dimensions.
-            groups[name] = {
-                "dims": b - a, "mean": g.mean(), "std": g.std(), "min": g.min(), "max": g.max(),
-                "mean_dim_std": g.std(axis=0).mean(),
-            }  # fmt: skip
-    meta = ds.meta if isinstance(ds.meta, dict) else {}
-    info = {
-        "path": str(path), "num_images": len(ds.image_names), "resolution": ds.resolution,
-        "channels": ds.num_channels, "label_dim": ds.label_dim, "label_stats": groups, "mode": meta.get("mode"),
-        "tool_version": meta.get("tool_version"), "num_skipped": meta.get("num_skipped"),
-        "bad_images": [{"name": name, "reason": reason} for name, reason in ds.skipped],
-    }  # fmt: skip
-    ds.close()
-    return to_jsonable(info)
-
-
-def format_info(info: dict[str, Any]) -> str:
-    """Human-readable table of `dataset_info` output."""
-    lines = [
-        f"{info['path']}: {info['num_images']} images, {info['resolution']}x{info['resolution']}x"
-        f"{info['channels']}, label dim {info['label_dim']}"
-        + (f", built by mode '{info['mode']}' (tool {info['tool_version']})" if info.get("mode") else "")
-    ]
-    if info["label_stats"]:
-        lines.append(f"{'group':<6} {'dims':>4} {'mean':>9} {'std':>9} {'min':>9} {'max':>9} {'dim-std':>9}")
-        for name, s in info["label_stats"].items():
-            lines.append(
-                f"{name:<6} {s['dims']:>4} {s['mean']:>9.4f} {s['std']:>9.4f} {s['min']:>9.4f} "
-                f"{s['max']:>9.4f} {s['mean_dim_std']:>9.4f}"
-            )
-    bad = info.get("bad_images") or []
-    if bad:
-        lines.append(f"{len(bad)} image(s) fail the check training runs (train.py stops, or leaves them out with "
-                     "--skip-bad-images):")  # fmt: skip
-        lines += [f"  {b['name']}: {b['reason']}" for b in bad[:20]]
-        lines += [f"  ... and {len(bad) - 20} more"] if len(bad) > 20 else []
-    else:
-        lines.append("All images and labels pass the training-time check.")
-    return "\n".join(lines)
