@@ -27,8 +27,10 @@ def cpu_memory_gb() -> float:
         return 0.0
 
 
-def truncate_stats(path: str, resume_nimg: int) -> None:
-    """Drop the stats.jsonl rows of ticks after image `resume_nimg` (written by a run that was then interrupted).
+def truncate_stats(path: str, last_tick: int) -> None:
+    """Drop the stats.jsonl rows of ticks after `last_tick` (written by a run that was then interrupted).
+
+    By tick number, which the float32 statistics hold exactly (a kimg value there can be a few images off).
 
     Rewritten through a temp file and a rename, so a crash here never loses the rows that are kept.
     """
@@ -39,10 +41,10 @@ def truncate_stats(path: str, resume_nimg: int) -> None:
     keep = []
     for line in lines:
         try:
-            kimg = json.loads(line).get("Progress/kimg", {}).get("mean")
+            tick = json.loads(line).get("Progress/tick", {}).get("mean")
         except (json.JSONDecodeError, AttributeError):
             continue  # a row cut short by the kill
-        if kimg is None or round(kimg * 1000) <= resume_nimg:
+        if tick is None or round(tick) <= last_tick:
             keep.append(line if line.endswith("\n") else line + "\n")
     if len(keep) == len(lines):
         return
@@ -56,16 +58,17 @@ class TickReporter:
     """Summarises a tick's statistics into one status line, a stats.jsonl row and TensorBoard scalars."""
 
     def __init__(self, run_dir: str, stats: StatsCollector, device: torch.device, rank: int,
-                 resume_nimg: int | None = None) -> None:  # fmt: skip
+                 resume_point: tuple[int, int] | None = None) -> None:  # fmt: skip
+        """resume_point: (images, tick) of the training state a resumed run starts from; None for a new run."""
         self.stats, self.device, self.rank = stats, device, rank
         self.writer = self.stats_file = None
         if rank == 0:
-            if resume_nimg is not None:
-                truncate_stats(os.path.join(run_dir, "stats.jsonl"), resume_nimg)
+            if resume_point is not None:
+                truncate_stats(os.path.join(run_dir, "stats.jsonl"), resume_point[1])
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                purge = None if resume_nimg is None else resume_nimg + 1  # hides events logged past the resume point
+                purge = None if resume_point is None else resume_point[0] + 1  # hides events logged after it
                 self.writer = SummaryWriter(run_dir, purge_step=purge)
             except ImportError:
                 print("TensorBoard not installed: writing stats.jsonl only", flush=True)

@@ -114,7 +114,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         if grid_rep is not None:
             save_image_grid(grid_rep[:, :3].repeat_interleave(gw, 0), os.path.join(run_dir, "reps.png"), gw)
         save_image_grid(generate_grid(G_ema, grid_z, grid_rep, batch_gpu), os.path.join(run_dir, "fakes_init.png"), gw)
-    reporter = TickReporter(run_dir, stats, device, rank, resume_nimg=cur_nimg if resume_state else None)
+    resume_point = (cur_nimg, cur_tick - 1) if resume_state else None  # logs past it came from the killed run
+    reporter = TickReporter(run_dir, stats, device, rank, resume_point=resume_point)
     guard = NonFiniteGuard(device)
 
     def sample_conditions() -> tuple[torch.Tensor, torch.Tensor | None]:

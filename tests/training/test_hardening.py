@@ -125,11 +125,11 @@ def test_resume_truncates_stats_jsonl_to_the_resumed_tick(tmp_path):
     from training.reporting import truncate_stats
 
     path = tmp_path / "stats.jsonl"
-    rows = [{"Progress/kimg": {"mean": k}, "Loss/G/loss": {"mean": 0.5}} for k in (0.004, 0.012, 0.02, 0.028)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"Progress/kimg": {"me')  # cut by a kill
-    truncate_stats(str(path), resume_nimg=12)
-    kept = [json.loads(line)["Progress/kimg"]["mean"] for line in path.read_text().splitlines()]
-    assert kept == [0.004, 0.012]
+    rows = [{"Progress/tick": {"mean": t}, "Loss/G/loss": {"mean": 0.5}} for t in (0.0, 1.0, 2.0, 3.0)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"Progress/tick": {"me')  # cut by a kill
+    truncate_stats(str(path), last_tick=1)
+    kept = [json.loads(line)["Progress/tick"]["mean"] for line in path.read_text().splitlines()]
+    assert kept == [0.0, 1.0]
 
 
 @pytest.fixture()
@@ -188,3 +188,29 @@ def test_dataset_tool_refuses_landmarks_outside_the_image(tmp_path):
     assert not isinstance(prepare_item(SourceItem(0, "in", str(image), landmarks=inside), 32, 32), Skipped)
     result = prepare_item(SourceItem(1, "out", str(image), landmarks=outside), 32, 32)
     assert isinstance(result, Skipped) and "5 of the 5 alignment points lie outside the 64x64 image" in result.reason
+
+
+def test_resume_hides_the_interrupted_runs_later_tensorboard_ticks(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from torch_utils.training_stats import StatsCollector
+    from training.reporting import TickReporter
+
+    def ticks(resume_point, first_tick, nimgs, loss):
+        stats = StatsCollector()
+        reporter = TickReporter(str(tmp_path), stats, torch.device("cpu"), 0, resume_point=resume_point)
+        for tick, nimg in enumerate(nimgs, start=first_tick):
+            stats.report("Loss/G/loss", loss)
+            reporter.tick(cur_tick=tick, cur_nimg=nimg, tick_start_nimg=nimg - 4, tick_start_time=0.0,
+                          start_time=0.0, maintenance_time=0.0, alpha=0.0)  # fmt: skip
+        reporter.close()
+
+    ticks(None, 0, [4, 12, 20, 28], loss=1.0)  # killed after its state at tick 1 (12 images) was saved
+    ticks((12, 1), 2, [20, 28], loss=2.0)  # the resumed run repeats ticks 2 and 3
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("Loss/G/loss")] == [(4, 1.0), (12, 1.0), (20, 2.0), (28, 2.0)]
+    rows = [json.loads(line) for line in open(tmp_path / "stats.jsonl")]
+    assert [(r["Progress/tick"]["mean"], r["Loss/G/loss"]["mean"]) for r in rows] == [
+        (0, 1.0), (1, 1.0), (2, 2.0), (3, 2.0)]
