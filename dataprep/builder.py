@@ -361,7 +361,7 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
         stored = align_face(image, lm, size=resolution)
         fr = stored if fr_size == resolution else align_face(image, lm, size=fr_size)
     except Exception as exc:  # a degenerate POS fit must not stop a 70k-image run
-        return Skipped(item, f"alignment failed: {type(exc).__name__}: {str(exc)[:120]}")
+        return Skipped(item, f"alignment failed: {type(exc).__name__}: {first_line(exc)}")
     return Prepared(
         item=item,
         png=encode_png(np.asarray(stored.image.convert("RGB"), dtype=np.uint8)),
