@@ -104,7 +104,8 @@ def content_digest(obj: Any) -> str:
         if isinstance(value, torch.Tensor):
             t = value.detach().cpu().contiguous()
             digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
         elif isinstance(value, dict):
             digest.update(b"{")
             for key in sorted(value, key=repr):
