@@ -25,7 +25,7 @@ from torch_utils.misc import pick_device
 from training import snapshot
 from training.config import TrainConfig, resolve_config, validate
 from training.resolve import resolve_run
-from training.run_dir import create_run_dir, lock_existing_run, next_run_number
+from training.run_dir import RunLock, create_run_dir, lock_existing_run, next_run_number
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
@@ -248,7 +248,7 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
             lock.release()
 
 
-def claim_run_dir(config: TrainConfig, planned: str, resume_state: str | None):
+def claim_run_dir(config: TrainConfig, planned: str, resume_state: str | None) -> tuple[str, RunLock]:
     """Lock the resumed run directory, or create the new one atomically (locked) with training_options.json.
 
     Returns (run_dir, lock); the lock is held until the run ends. UserError if another trainer holds it or the
