@@ -249,6 +249,7 @@ class SourceItem:
     image_path: str
     landmarks: list[list[float]] | None = None
     landmarks_path: str | None = None
+    skip_reason: str | None = None  # set before decoding (e.g. the face detector found no face)
 
 
 def load_landmarks_txt(path: str | os.PathLike) -> np.ndarray:
@@ -280,10 +281,52 @@ def list_image_folder(source: str | os.PathLike, max_images: int | None = None) 
     if not paths:
         raise UserError(f"--source {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     paths = paths[:max_images] if max_images is not None else paths
-    return [
-        SourceItem(i, p.relative_to(root).as_posix(), str(p), landmarks_path=str(p.with_suffix(".txt")))
-        for i, p in enumerate(paths)
-    ]
+    items = []
+    for i, p in enumerate(paths):
+        # '<stem>.txt' (user-made) first, then '<stem>_landmarks.txt' (written by the detector on an earlier run).
+        detected = p.with_name(f"{p.stem}_landmarks.txt")
+        lm_path = detected if not p.with_suffix(".txt").is_file() and detected.is_file() else p.with_suffix(".txt")
+        items.append(SourceItem(i, p.relative_to(root).as_posix(), str(p), landmarks_path=str(lm_path)))
+    return items
+
+
+def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", progress: bool = True,
+                             log: Callable[[str], None] = print) -> int:  # fmt: skip
+    """Run the face detector on items without a landmark file (in place); returns how many were missing.
+
+    Detected points (largest face) are written beside the photo as `<stem>_landmarks.txt` and used; a photo
+    without a face gets a skip reason. Needs the `faces` extra only when some photo lacks landmarks.
+    """
+    missing = [it for it in items if it.landmarks is None and not (it.landmarks_path and os.path.isfile(
+        it.landmarks_path))]  # fmt: skip
+    if not missing:
+        return 0
+    import torch
+    from tqdm import tqdm
+
+    from deep3drecon.landmarks import NoFaceError, detect_landmarks, load_face_detector, write_landmarks
+
+    detector = load_face_detector("cuda" if device == "auto" and torch.cuda.is_available() else
+                                  "cpu" if device == "auto" else device)  # fmt: skip
+    log(f"{len(missing)} photo(s) have no landmark file; detecting faces (largest face per photo).")
+    several = 0
+    for it in tqdm(missing, unit="img", desc="detecting faces", disable=not progress):
+        try:
+            with PIL.Image.open(it.image_path) as img:
+                lm, count = detect_landmarks(img.convert("RGB"), detector, it.name)
+        except NoFaceError:
+            it.skip_reason = "no face found by the detector"
+            continue
+        except Exception as exc:  # unreadable files are reported by the decode step with the same wording
+            it.skip_reason = f"cannot read image: {type(exc).__name__}: {str(exc)[:120]}"
+            continue
+        path = Path(it.image_path)
+        it.landmarks_path = str(write_landmarks(path.with_name(f"{path.stem}_landmarks.txt"), lm))
+        it.landmarks = lm.tolist()
+        several += count > 1
+    if several:
+        log(f"{several} photo(s) showed several faces; the largest was used (see the *_landmarks.txt files).")
+    return len(missing)
 
 
 def list_ffhq(
@@ -358,6 +401,8 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
     """Decode one source photo, read its landmarks, align it at R and at FR's input size S (worker entry point)."""
     from deep3drecon.align import align_face  # lazy: keeps the worker import light
 
+    if item.skip_reason is not None:
+        return Skipped(item, item.skip_reason)
     try:
         if item.landmarks is not None:
             lm = check_landmarks(np.asarray(item.landmarks, dtype=np.float64))

@@ -32,6 +32,7 @@ __all__ = [
     "FaceDetector",
     "NoFaceError",
     "detect_landmarks",
+    "find_or_detect_landmarks",
     "landmarks_path_for",
     "load_face_detector",
     "write_landmarks",
@@ -257,7 +258,8 @@ def _weights_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def load_face_detector(device: torch.device | str = "cpu", weights_dir: str | os.PathLike | None = None) -> FaceDetector:
+def load_face_detector(device: torch.device | str = "cpu",
+                       weights_dir: str | os.PathLike | None = None) -> FaceDetector:  # fmt: skip
     """The MTCNN cascade with the shipped weights (or pnet/rnet/onet.pt from weights_dir), in eval mode."""
     folder = Path(weights_dir) if weights_dir is not None else _weights_dir()
     detector = FaceDetector()
@@ -294,3 +296,26 @@ def write_landmarks(path: str | os.PathLike, landmarks: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savetxt(path, np.asarray(landmarks, dtype=np.float64).reshape(-1, 2), fmt="%.2f")
     return path
+
+
+def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, detector_factory,
+                             outdir: str | os.PathLike | None = None,
+                             candidates: list[str | os.PathLike] | None = None) -> tuple[np.ndarray, str]:  # fmt: skip
+    """Landmarks [K, 2] (y-down pixels) of a photo and a note on where they came from.
+
+    The first existing file of `candidates` (default `<stem>.txt`, `<stem>_landmarks.txt` beside the photo; 5 or 68
+    rows `x y`) is used; otherwise the largest face is detected (detector_factory() -> FaceDetector, called only
+    then) and written to <outdir or the photo's folder>/<stem>_landmarks.txt. One-line UserError on a bad file,
+    NoFaceError when no face is found, and the faces-extra hint when the detector is not installed.
+    """
+    from deep3drecon.reconstruct import load_landmarks
+
+    image_path = Path(image_path)
+    stem = image_path.with_suffix("")
+    for candidate in candidates or [f"{stem}.txt", f"{stem}_landmarks.txt"]:
+        if os.path.isfile(candidate):
+            return load_landmarks(candidate).astype(np.float64), f"landmarks from {candidate}"
+    landmarks, count = detect_landmarks(image, detector_factory(), image_path.name)
+    written = write_landmarks(landmarks_path_for(image_path, outdir), landmarks)
+    note = f"; {count} faces found, using the largest" if count > 1 else ""
+    return landmarks, f"detected landmarks written to {written}{note}"
