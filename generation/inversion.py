@@ -125,7 +125,7 @@ def noise_buffers(G: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The synthesis layers' constant noise maps {name in G.synthesis: [r, r]} (those with noise_strength != 0)."""
     strengths = dict(G.synthesis.named_parameters())
     return {name: buf for name, buf in G.synthesis.named_buffers() if name.endswith("noise_const")
-            and float(strengths[name.replace("noise_const", "noise_strength")]) != 0}  # fmt: skip
+            and float(strengths[name.replace("noise_const", "noise_strength")].detach()) != 0}  # fmt: skip
 
 
 def synthesize(G: torch.nn.Module, ws: torch.Tensor, feats: list[torch.Tensor] | None,
