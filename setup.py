@@ -24,5 +24,11 @@ setup(
         "tqdm>=4.60",
         "torch-fidelity>=0.3",
     ],
-    extras_require={"dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"]},
+    extras_require={
+        # scikit-image ships the astronaut photograph the landmark tests run on.
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "scikit-image>=0.21"],
+        # Offline face detection: only the MTCNN weight files inside this MIT wheel are used (its code is not);
+        # 2.5.3 is the last release that does not pin an old torch.
+        "faces": ["facenet-pytorch==2.5.3"],
+    },
 )

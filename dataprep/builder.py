@@ -306,8 +306,14 @@ def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", prog
 
     from deep3drecon.landmarks import NoFaceError, detect_landmarks, load_face_detector, write_landmarks
 
-    detector = load_face_detector("cuda" if device == "auto" and torch.cuda.is_available() else
-                                  "cpu" if device == "auto" else device)  # fmt: skip
+    try:
+        detector = load_face_detector("cuda" if device == "auto" and torch.cuda.is_available() else
+                                      "cpu" if device == "auto" else device)  # fmt: skip
+    except UserError as exc:  # no detector installed: those photos are skipped, the rest still build
+        log(f"{len(missing)} photo(s) have no landmark file and will be skipped: {exc}")
+        for it in missing:
+            it.skip_reason = f"no landmarks ({it.landmarks_path})"
+        return len(missing)
     log(f"{len(missing)} photo(s) have no landmark file; detecting faces (largest face per photo).")
     several = 0
     for it in tqdm(missing, unit="img", desc="detecting faces", disable=not progress):
@@ -315,7 +321,7 @@ def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", prog
             with PIL.Image.open(it.image_path) as img:
                 lm, count = detect_landmarks(img.convert("RGB"), detector, it.name)
         except NoFaceError:
-            it.skip_reason = "no face found by the detector"
+            it.skip_reason = "no landmarks file and no face found by the detector"
             continue
         except Exception as exc:  # unreadable files are reported by the decode step with the same wording
             it.skip_reason = f"cannot read image: {type(exc).__name__}: {str(exc)[:120]}"

@@ -166,8 +166,23 @@ def test_dataset_tool_images_detects_and_skips(astronaut, tmp_path) -> None:
                                       "--recon-ckpt", ckpt, "--workers", "0", "--device", "cpu",
                                       "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "wall.png: no face found" in result.output and "Wrote 1 images" in result.output
+    assert "wall.png: no landmarks file and no face found" in result.output and "Wrote 1 images" in result.output
     assert np.abs(np.loadtxt(src / "astro_landmarks.txt") - HAND_LANDMARKS).max() < 4.0
     with zipfile.ZipFile(dest) as zf:
         meta = json.loads(zf.read("dataset.json"))
     assert len(meta["labels"]) == 1 and meta["meta"]["skipped"][0]["name"] == "wall.png"
+
+
+def test_folder_without_the_extra_skips_only_unlabelled_photos(monkeypatch, tmp_path) -> None:
+    from dataprep.builder import detect_missing_landmarks, list_image_folder
+
+    for name in ("a", "b"):
+        PIL.Image.new("RGB", (32, 32)).save(tmp_path / f"{name}.png")
+    np.savetxt(tmp_path / "a.txt", HAND_LANDMARKS)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "facenet_pytorch" else real(
+        name, *a))  # fmt: skip
+    items, messages = list_image_folder(tmp_path), []
+    assert detect_missing_landmarks(items, device="cpu", progress=False, log=messages.append) == 1
+    assert items[0].skip_reason is None and items[1].skip_reason.startswith("no landmarks")
+    assert len(messages) == 1 and '".[faces]"' in messages[0]
