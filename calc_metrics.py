@@ -20,7 +20,8 @@ import torch
 
 from metrics.features import RandomFeatureExtractor, inception_factory, resolve_inception_weights
 from metrics.registry import MetricContext, calc_metric, check_metric_names, get_metric, report_metric
-from torch_utils.errors import UserError
+from torch_utils.errors import Command, UserError
+from torch_utils.misc import pick_device
 
 
 @dataclasses.dataclass
@@ -48,41 +49,22 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
     """Fills data / face-asset / Inception paths (CLI flag > the snapshot's config > smoke defaults) and validates
     them once, in the parent process, before any rank starts (so downloads and cached builds happen once)."""
     from training.dataset import ImageLabelDataset
+    from training.resolve import resolve_assets
     from training.snapshot import load_network
 
     G = load_network(opts.network, device="cpu")
     config = getattr(G, "snapshot_config", {}) or {}
-    if opts.data is None and config.get("data"):
-        opts.data = config["data"]
-    elif opts.data is None and config.get("builtin_data"):
-        from dataprep.builtin import builtin_dataset_path
-
-        opts.data = builtin_dataset_path(**config["builtin_data"], progress=opts.verbose)
-    if opts.data is None:
-        raise UserError("no dataset: pass --data (the snapshot does not say which dataset it was trained on)")
-    dataset = ImageLabelDataset(opts.data)
-    if dataset.resolution != G.img_resolution:
-        raise UserError(f"dataset is {dataset.resolution}px but the network generates {G.img_resolution}px")
     specs = [get_metric(name) for name in opts.metrics]
     needs_fr = any(spec.needs_reconstructor for spec in specs)
     if needs_fr and not G.is_conditional:
         raise UserError("ds*/cons* metrics need a 3DMM-conditioned network; this one is unconditional")
-    if G.is_conditional or needs_fr:
-        from deep3drecon import assets
-
-        bfm = opts.bfm if opts.bfm is not None else config.get("bfm")
-        recon = opts.recon_ckpt if opts.recon_ckpt is not None else config.get("recon_ckpt")
-        for value, flag in ((bfm, "--bfm"), (recon if needs_fr else None, "--recon-ckpt")):
-            if value is not None and not os.path.isfile(value):
-                raise UserError(f"{value} (recorded in the snapshot or given) does not exist; pass {flag}")
-        if bfm is None or (needs_fr and recon is None):
-            print("Using the built-in synthetic face model / FR: numbers are only meaningful for smoke tests.")
-        opts.bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())
-        if needs_fr:  # the synthetic FR is trained once on first use: only when a metric needs FR
-            recon_path = assets.resolve_recon_checkpoint(recon) if recon is not None else None
-            opts.recon_ckpt = str(recon_path or assets.synthetic_recon_path(progress=opts.verbose))
-        else:
-            opts.recon_ckpt = None
+    resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, recon_ckpt=opts.recon_ckpt,
+                              need_face=G.is_conditional, need_fr=needs_fr, progress=opts.verbose,
+                              log=print if opts.verbose else None)  # fmt: skip
+    opts.data, opts.bfm, opts.recon_ckpt = resolved.data, resolved.bfm, resolved.recon_ckpt
+    dataset = ImageLabelDataset(opts.data)
+    if dataset.resolution != G.img_resolution:
+        raise UserError(f"dataset is {dataset.resolution}px but the network generates {G.img_resolution}px")
     if any(spec.needs_real_images for spec in specs) and not opts.random_features:
         opts.inception = resolve_inception_weights(opts.inception)
     return opts
@@ -97,8 +79,8 @@ def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> Metr
     dataset = ImageLabelDataset(opts.data)
     make_rep = reconstructor = None
     if opts.bfm is not None:
-        from training.face_pipeline import build_reconstructor, build_renderer
         from training.rep import make_rep as render_rep
+        from training.resolve import build_reconstructor, build_renderer
 
         renderer = build_renderer(opts.bfm, opts.render_backend, device)
         make_rep = lambda p: render_rep(renderer, p, G.img_resolution)
@@ -131,8 +113,8 @@ def _progress_printer(name: str, enabled: bool):
 
 def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
     """One process: set up torch.distributed (if several GPUs), build the context, compute and report metrics."""
-    use_cuda = torch.cuda.is_available()
-    device = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+    device = pick_device("auto", local_rank=rank)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = False  # metric features in full fp32, as the reference
@@ -154,7 +136,7 @@ def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
         torch.distributed.destroy_process_group()
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--network", "network", required=True, type=click.Path(exists=True, dir_okay=False), help="Snapshot .pt")
 @click.option("--metrics", default="fid50k_full", show_default=True, help="Comma-separated metric names")
 @click.option("--data", type=click.Path(exists=True), help="Dataset zip/folder [default: the snapshot's]")
@@ -178,25 +160,22 @@ def main(**kwargs: object) -> None:
     """Compute metrics of a network snapshot and print/append them as JSON lines."""
     kwargs["metrics"] = [m.strip() for m in str(kwargs["metrics"]).split(",") if m.strip()]
     opts = MetricsOptions(**kwargs)  # type: ignore[arg-type]
-    try:
-        check_metric_names(opts.metrics)
-        if not opts.metrics:
-            raise UserError("no metrics given (--metrics)")
-        if opts.gpus > 1 and torch.cuda.is_available() and torch.cuda.device_count() < opts.gpus:
-            raise UserError(f"--gpus {opts.gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
-        if opts.run_dir is None:  # like stylegan2-ada: log next to the snapshot only inside a run directory
-            folder = os.path.dirname(os.path.abspath(opts.network))
-            opts.run_dir = folder if os.path.isfile(os.path.join(folder, "training_options.json")) else None
-        opts = resolve_options(opts)
-        if opts.verbose:
-            print(json.dumps(dataclasses.asdict(opts), indent=2))
-        if opts.gpus == 1:
-            run_rank(0, opts, None)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                torch.multiprocessing.spawn(run_rank, args=(opts, os.path.join(tmp, "init")), nprocs=opts.gpus)
-    except UserError as e:
-        raise click.ClickException(str(e)) from None
+    check_metric_names(opts.metrics)
+    if not opts.metrics:
+        raise UserError("no metrics given (--metrics)")
+    if opts.gpus > 1 and torch.cuda.is_available() and torch.cuda.device_count() < opts.gpus:
+        raise UserError(f"--gpus {opts.gpus} but only {torch.cuda.device_count()} CUDA devices are visible")
+    if opts.run_dir is None:  # like stylegan2-ada: log next to the snapshot only inside a run directory
+        folder = os.path.dirname(os.path.abspath(opts.network))
+        opts.run_dir = folder if os.path.isfile(os.path.join(folder, "training_options.json")) else None
+    opts = resolve_options(opts)
+    if opts.verbose:
+        print(json.dumps(dataclasses.asdict(opts), indent=2))
+    if opts.gpus == 1:
+        run_rank(0, opts, None)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.multiprocessing.spawn(run_rank, args=(opts, os.path.join(tmp, "init")), nprocs=opts.gpus)
 
 
 if __name__ == "__main__":

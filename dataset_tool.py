@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from torch_utils.errors import UserError
+from torch_utils.errors import Group
 
 
 def _check_resolution(resolution: int) -> None:
@@ -41,11 +41,8 @@ def _finish(report: dict[str, Any]) -> None:
 
 
 def _run(fn, **kwargs) -> dict[str, Any]:
-    """Call a builder, turning user errors into one-line click errors."""
-    try:
-        return fn(**kwargs)
-    except UserError as exc:
-        raise click.ClickException(str(exc)) from exc
+    """Call a builder (its UserErrors print as one line through the Group)."""
+    return fn(**kwargs)
 
 
 def common_options(fn):
@@ -81,7 +78,7 @@ def common_options(fn):
     return fn
 
 
-@click.group()
+@click.group(cls=Group)
 def cli() -> None:
     """Build and inspect 3DMM-labelled face datasets."""
 
@@ -132,7 +129,8 @@ def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> No
 @common_options
 def images(source: str, **opts: Any) -> None:
     """Align any folder of face photos (landmark files or detected faces) and label them with FR."""
-    from dataprep.builder import detect_missing_landmarks, list_image_folder
+    from dataprep.builder import list_image_folder
+    from dataprep.photo_landmarks import detect_missing_landmarks
 
     _check_resolution(opts["resolution"])
     items = _run(list_image_folder, source=source, max_images=opts["max_images"])

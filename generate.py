@@ -7,13 +7,14 @@ Examples:
     python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
+    python generate.py feature-derivatives --network snap.pt --outdir out --seeds 0                   # fig. 2
 
 p comes from a bank: the labels of the snapshot's training dataset (or --data), or a .npy [M, 257] (--p-bank);
 seed s always picks the same bank row and the same z, whatever the batch size. Face model / FR / renderer default
 to the snapshot's. Output names: grid-seeds0-31.png, vary-exp-seed0000.png, resample-z-seeds0-3-z100-106.png,
-resample-p-seeds0-3-p100-106.png, reference-seeds0-3.png, style-mix-coarse-rows0-2-cols0-2.png; each grid of a
-conditional snapshot also gets <name>-p.npy (the p of every cell, [rows, cols, 257]) and, with --save-images, a
-folder <name>/ holding every generated cell as its own PNG.
+resample-p-seeds0-3-p100-106.png, reference-seeds0-3.png, style-mix-coarse-rows0-2-cols0-2.png, fig2-seed0000.png;
+each grid of a conditional snapshot also gets <name>-p.npy (the p of every cell, [rows, cols, 257]) and, with
+--save-images, a folder <name>/ holding every generated cell as its own PNG.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import click
 import torch
 
 from generation import controlled as cg
-from torch_utils.errors import UserError
+from torch_utils.errors import Group, UserError
 
 
 @dataclasses.dataclass
@@ -75,16 +76,6 @@ class SeedList(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-class Group(click.Group):
-    """Click group that prints a UserError as one line (click.ClickException) instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            raise click.ClickException(str(e)) from None
-
-
 def common_options(fn: Callable) -> Callable:
     """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
     options = [
@@ -129,18 +120,12 @@ def _log(opts: Options, message: str) -> None:
 
 def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
     """Load G_ema, then (for a conditional G) the p bank and the renderer; every problem is one UserError line."""
-    from deep3drecon import assets
-    from training.face_pipeline import build_renderer
+    from training.resolve import build_renderer, pick_device, resolve_assets
     from training.snapshot import load_network
 
     if opts.data is not None and opts.p_bank is not None:
         raise UserError("pass either --data or --p-bank, not both")
-    if opts.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    elif opts.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (use --device cpu)")
-    else:
-        device = torch.device(opts.device)
+    device = pick_device(opts.device)
     G = load_network(opts.network, device)
     config = getattr(G, "snapshot_config", {}) or {}
     if needs_p and not G.is_conditional:
@@ -151,20 +136,10 @@ def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
     renderer = bank = None
     bank_source = bfm = "-"
     if G.is_conditional:
-        bank_source = opts.p_bank or opts.data or config.get("data")
-        if bank_source is None and config.get("builtin_data"):
-            from dataprep.builtin import builtin_dataset_path
-
-            bank_source = builtin_dataset_path(**config["builtin_data"], progress=opts.verbose)
-        if bank_source is None:
-            raise UserError("no p bank: pass --data (a dataset with 3DMM labels) or --p-bank (.npy [M, 257])")
+        resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, need_data=opts.p_bank is None,
+                                  progress=opts.verbose, log=lambda msg: _log(opts, msg))  # fmt: skip
+        bank_source, bfm = opts.p_bank or resolved.data, resolved.bfm
         bank = cg.load_p_bank(bank_source)
-        bfm = opts.bfm or config.get("bfm")
-        if opts.bfm is None and bfm is not None and not os.path.isfile(bfm):
-            raise UserError(f"the snapshot was trained with the face model {bfm}, which no longer exists; pass --bfm")
-        if bfm is None:
-            _log(opts, "The snapshot used the built-in synthetic face model; rendering rep(p) with it.")
-        bfm = str(assets.resolve_bfm(bfm) if bfm is not None else assets.synthetic_face_model_path())
         backend = opts.render_backend or "auto"  # both backends render the same contract; pick what runs here
         renderer = build_renderer(bfm, backend, device)
     sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
@@ -186,7 +161,7 @@ def write(session: Session, result: cg.GridResult, stem: str) -> None:
 
 @click.group(cls=Group)
 def cli() -> None:
-    """Generate images and controlled-generation figures (paper figs. 3, 4, 6, 7, 8) from a snapshot."""
+    """Generate images and controlled-generation figures (paper figs. 2, 3, 4, 6, 7, 8) from a snapshot."""
 
 
 @cli.command(short_help="Plain samples, one per seed, as a grid.")
@@ -235,22 +210,6 @@ def resample_p(opts: Options, seeds: list[int], p_seeds: list[int]) -> None:
     write(s, cg.resample_p_grid(s.sampler, seeds, p_seeds, s.bank), stem)
 
 
-def open_fr(s: Session, recon_ckpt: str | None) -> tuple[torch.nn.Module, str]:
-    """The snapshot's FR (or --recon-ckpt; the built-in synthetic FR for smoke snapshots) on the session device."""
-    from deep3drecon import assets
-    from training.face_pipeline import build_reconstructor
-
-    ckpt = recon_ckpt or s.config.get("recon_ckpt")
-    if recon_ckpt is None and ckpt is not None and not os.path.isfile(ckpt):
-        raise UserError(f"the snapshot was trained with the FR checkpoint {ckpt}, which no longer exists; "
-                        "pass --recon-ckpt")
-    if ckpt is None:
-        _log(s.opts, "The snapshot used the built-in synthetic FR; reconstructing the photos with it.")
-    ckpt = str(assets.resolve_recon_checkpoint(ckpt) if ckpt is not None else assets.synthetic_recon_path(
-        progress=s.opts.verbose))  # fmt: skip
-    return build_reconstructor(ckpt, s.device, s.config.get("recon_backbone")), ckpt
-
-
 @cli.command(short_help="Fig. 6: exp, light and pose from real photos via FR.")
 @common_options
 @click.option("--images", "images_dir", required=True, help="Folder of reference photos (aligned crops, or raw "
@@ -261,10 +220,14 @@ def open_fr(s: Session, recon_ckpt: str | None) -> tuple[torch.nn.Module, str]:
 @click.option("--recon-ckpt", help="FR checkpoint (epoch_20.pth layout) [default: the snapshot's]")
 def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int], recon_ckpt: str | None) -> None:
     """Generated identities (rows) with the expression, lighting and angles of real photos (columns) via FR (fig. 6)."""
+    from training.resolve import build_reconstructor, resolve_assets
+
     if not os.path.isdir(images_dir):
         raise UserError(f"--images: folder not found: {images_dir}")
     s = open_session(opts, "reference", needs_p=True)
-    fr, ckpt = open_fr(s, recon_ckpt)
+    ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
+                          progress=opts.verbose, log=lambda msg: _log(opts, msg)).recon_ckpt  # fmt: skip
+    fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
     names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: _log(opts, m),
                                                  opts.outdir)  # fmt: skip
     _log(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
@@ -300,6 +263,57 @@ def style_mix(opts: Options, row_seeds: list[int], col_seeds: list[int] | None, 
         write(s, cg.style_mix_grid(s.sampler, row_seeds, col_seeds, s.bank, idx, p_seed), f"style-mix-{name}-{tag}")
 
 
+@cli.command("feature-derivatives", short_help="Fig. 2: finite-difference maps dc/dp per attribute group.")
+@click.option("--network", required=True, help="network-snapshot-*.pt of a conditional (--cond) run")
+@click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go")
+@click.option("--data", help="Dataset whose labels give p and the per-group std [default: the snapshot's]")
+@click.option("--bfm", help="BFM_model_front.mat for rep(p) [default: the snapshot's]")
+@click.option("--render-backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "nvdiffrast"]))
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--seeds", type=SeedList(), default="0", show_default=True, help="Each picks a base p, directions")
+@click.option("--eps", default=0.1, show_default=True, type=float, help="Step, in per-coefficient standard deviations")
+@click.option("--cell", default=64, show_default=True, type=click.IntRange(min=1), help="Pixel size of each map")
+def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | None, render_backend: str,
+                        device: str, seeds: list[int], eps: float, cell: int) -> None:  # fmt: skip
+    """Fig. 2: |dc_l/dp| per synthesis layer l (rows, 4x4 up) and attribute group (columns: id, exp, illum, angle).
+
+    Writes fig2-seed<S>.png and prints, per attribute, the fraction of feature pixels above 10% of the layer's
+    peak (small = localised, as in the paper).
+    """
+    import PIL.Image
+
+    from generation.feature_derivatives import derivative_sparsity, feature_derivative_maps, maps_to_image
+    from training.dataset import ImageLabelDataset
+    from training.resolve import build_renderer, pick_device, resolve_assets
+    from training.snapshot import load_network
+
+    dev = pick_device(device)
+    G = load_network(network, dev)
+    if not G.is_conditional:
+        raise UserError("this snapshot is unconditional (--no-cond): it has no injected features")
+    resolved = resolve_assets(G.snapshot_config, data=data, bfm=bfm, log=click.echo)
+    bank = torch.as_tensor(ImageLabelDataset(resolved.data).labels, device=dev)
+    renderer = build_renderer(resolved.bfm, render_backend, dev)
+    std = bank.std(dim=0).clamp(min=1e-6)
+    os.makedirs(outdir, exist_ok=True)
+    for seed in seeds:
+        p = bank[torch.randint(len(bank), [], generator=torch.Generator().manual_seed(seed))]
+        maps = feature_derivative_maps(G, renderer, p, std, eps=eps, seed=seed)
+        path = os.path.join(outdir, f"fig2-seed{seed:04d}.png")
+        PIL.Image.fromarray(maps_to_image(maps, cell)).save(path)
+        sparsity = ", ".join(f"{k} {v:.3f}" for k, v in derivative_sparsity(maps).items())
+        click.echo(f"{path}: active fraction {sparsity}")
+
+
+def open_fr(s: Session, recon_ckpt: str | None) -> torch.nn.Module:
+    """The snapshot's FR (or --recon-ckpt; the built-in synthetic FR for smoke snapshots) on the session device."""
+    from training.resolve import build_reconstructor, resolve_assets
+
+    ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
+                          progress=s.opts.verbose, log=lambda msg: _log(s.opts, msg)).recon_ckpt  # fmt: skip
+    return build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
+
+
 @cli.command(short_help="Invert real photos into (p, w, noise) of the generator.")
 @common_options
 @click.option("--images", "images_path", required=True, help="A photo or a folder of photos (raw; aligned here)")
@@ -321,7 +335,7 @@ def invert(opts: Options, images_path: str, steps: int, w_plus: bool, refine_p: 
     options.check()
     paths = list_photos(images_path)
     s = open_session(opts, "invert", needs_p=True)
-    fr, _ = open_fr(s, recon_ckpt)
+    fr = open_fr(s, recon_ckpt)
     invert_photos(s.G, fr, s.sampler.renderer, paths, opts.outdir, options, opts.network,
                   sha256_file(opts.network), vgg, log=click.echo, progress=opts.verbose)  # fmt: skip
 
@@ -349,7 +363,7 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
 
     s = open_session(opts, "edit", needs_p=True)
     lat = load_latent(latent, s.G, sha256_file(opts.network))
-    photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt)[0], s.G.img_resolution)
+    photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt), s.G.img_resolution)
     edits, labels = real_edit.build_edits(lat.p, attr, yaw=yaw, pitch=pitch, light_dirs=light_dir,
                                           light_strength=light_strength, scale=scale, seeds=seeds, bank=s.bank,
                                           from_images=from_image, photo_p=photo_p)  # fmt: skip

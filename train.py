@@ -20,9 +20,11 @@ import click
 import torch
 
 from torch_utils import distributed
-from torch_utils.errors import UserError
+from torch_utils.errors import Command, UserError
+from torch_utils.misc import pick_device
 from training import snapshot
 from training.config import TrainConfig, resolve_config, validate
+from training.resolve import resolve_run
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
@@ -47,17 +49,6 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def pick_device(c: TrainConfig, local_rank: int) -> torch.device:
-    """cuda:<local_rank> when CUDA is available (or required), else cpu."""
-    if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was requested but CUDA is not available")
-        if local_rank >= torch.cuda.device_count():
-            raise UserError(f"--gpus {c.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def next_run_dir(outdir: str, desc: str) -> str:
     """outdir/<00000>-<desc> with the next free number."""
     os.makedirs(outdir, exist_ok=True)
@@ -65,28 +56,21 @@ def next_run_dir(outdir: str, desc: str) -> str:
     return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
 
 
-def prepare_assets(c: TrainConfig) -> str:
-    """Build missing built-in assets once (with progress), open the dataset to check it; returns its path."""
-    from training.dataset import ImageLabelDataset
-    from training.face_pipeline import resolve_run_assets
-
-    data, _, _ = resolve_run_assets(c, progress=True)
-    dataset = ImageLabelDataset(data, resolution=c.resolution)
-    c.resolution = dataset.resolution
-    if c.cond and dataset.label_dim != 257:
-        raise UserError(f"{data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
-                        "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")
+def prepare_assets(config: TrainConfig) -> str:
+    """Build missing built-in assets once (with progress) and open the dataset to check it; returns its path."""
+    dataset, resolved = resolve_run(config, progress=True)
+    config.resolution = dataset.resolution
     dataset.close()
-    return data
+    return resolved.data
 
 
-def run_worker(rank: int, c: TrainConfig, run_dir: str, resume_state: str | None, init_method: str | None) -> None:
+def run_worker(rank: int, config: TrainConfig, run_dir: str, resume_state: str | None, init_method: str | None) -> None:
     """Entry point of one training process (rank); all ranks run the same loop."""
     from training.training_loop import training_loop
 
-    world_size = c.gpus
+    world_size = config.gpus
     local_rank = int(os.environ.get("LOCAL_RANK", 0)) if distributed.launched_by_torchrun() else rank
-    device = pick_device(c, local_rank)
+    device = pick_device(config.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not distributed.is_initialized():  # torchrun ranks joined in main() already
@@ -97,21 +81,24 @@ def run_worker(rank: int, c: TrainConfig, run_dir: str, resume_state: str | None
     else:
         sys.stdout = open(os.devnull, "w")  # only rank 0 talks; errors still reach stderr
     try:
-        training_loop(c, run_dir, device, rank=rank, world_size=world_size, resume_state=resume_state)
+        dataset, assets = resolve_run(config)  # rank 0 built any missing built-in asset before the launch
+        training_loop(config, run_dir, device, dataset, assets, rank=rank, world_size=world_size,
+                      resume_state=resume_state)
     finally:
         distributed.shutdown()
 
 
-def launch(c: TrainConfig, run_dir: str, resume_state: str | None) -> None:
-    """Run in this process (1 GPU / CPU / under torchrun) or spawn c.gpus processes."""
+def launch(config: TrainConfig, run_dir: str, resume_state: str | None) -> None:
+    """Run in this process (1 GPU / CPU / under torchrun) or spawn config.gpus processes."""
     if distributed.launched_by_torchrun():
-        run_worker(distributed.get_rank(), c, run_dir, resume_state, None)
-    elif c.gpus == 1:
-        run_worker(0, c, run_dir, resume_state, None)
+        run_worker(distributed.get_rank(), config, run_dir, resume_state, None)
+    elif config.gpus == 1:
+        run_worker(0, config, run_dir, resume_state, None)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             init_method = f"file://{os.path.abspath(os.path.join(tmp, '.torch_distributed_init'))}"
-            torch.multiprocessing.spawn(run_worker, args=(c, run_dir, resume_state, init_method), nprocs=c.gpus)
+            torch.multiprocessing.spawn(run_worker, args=(config, run_dir, resume_state, init_method),
+                                        nprocs=config.gpus)
 
 
 def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple[TrainConfig, str, str | None]:
@@ -129,37 +116,37 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
         if ignored:
             raise UserError(f"--resume continues the saved config; only {', '.join(RESUME_OVERRIDABLE)} may change, "
                             f"not: {', '.join(ignored)}")
-        c = TrainConfig.from_dict(saved["config"])
+        config = TrainConfig.from_dict(saved["config"])
         for key in RESUME_OVERRIDABLE:
             if flags.get(key) is not None:
-                setattr(c, key, flags[key])
-        validate(c)
+                setattr(config, key, flags[key])
+        validate(config)
         run_dir = os.path.dirname(os.path.abspath(resume_state))
     else:
-        c = resolve_config(cfg, flags)
-        c.outdir = outdir
-        data_path = prepare_assets(c)
+        config = resolve_config(cfg, flags)
+        config.outdir = outdir
+        data_path = prepare_assets(config)
         data_name = os.path.splitext(os.path.basename(data_path.rstrip("/")))[0]
-        parts = [c.cfg, data_name, f"gpus{c.gpus}", f"batch{c.batch}", f"gamma{c.gamma:g}"]
-        parts += ["nocond"] if not c.cond else []
+        parts = [config.cfg, data_name, f"gpus{config.gpus}", f"batch{config.batch}", f"gamma{config.gamma:g}"]
+        parts += ["nocond"] if not config.cond else []
         parts += [desc] if desc else []
         run_dir = next_run_dir(outdir, "-".join(parts))
-        c.desc = desc
-    if not distributed.launched_by_torchrun() and c.device != "cpu" and torch.cuda.is_available():
-        if c.gpus > torch.cuda.device_count():
-            raise UserError(f"--gpus {c.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if c.metrics:
+        config.desc = desc
+    if not distributed.launched_by_torchrun() and config.device != "cpu" and torch.cuda.is_available():
+        if config.gpus > torch.cuda.device_count():
+            raise UserError(f"--gpus {config.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if config.metrics:
         from metrics.registry import check_metric_names, get_metric
 
-        check_metric_names(c.metrics)
-        if any(get_metric(m).needs_real_images for m in c.metrics) and not dry_run:
+        check_metric_names(config.metrics)
+        if any(get_metric(m).needs_real_images for m in config.metrics) and not dry_run:
             from metrics.features import resolve_inception_weights
 
             resolve_inception_weights()  # fetch once here, not in every rank at the first snapshot
-    return c, run_dir, resume_state
+    return config, run_dir, resume_state
 
 
-@click.command(context_settings={"show_default": True, "max_content_width": 120})
+@click.command(cls=Command, context_settings={"show_default": True, "max_content_width": 120})
 @click.option("--outdir", help="Where run directories are made", default="training-runs", type=str)
 @click.option("--cfg", help="Preset name from configs/ or a JSON file of the same form", default="paper256", type=str)
 @click.option("--data", help="Dataset zip or folder (dataset_tool.py); smoke has built-in data", type=str)
@@ -206,11 +193,11 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
     status, value = outcome[0]
     if status == "error":
         distributed.shutdown()
-        raise click.ClickException(value)
-    c, run_dir, resume_state = value
+        raise UserError(value)
+    config, run_dir, resume_state = value
 
     if distributed.get_rank() == 0:
-        print(json.dumps(c.to_dict(), indent=2))
+        print(json.dumps(config.to_dict(), indent=2))
         print(f"Output directory: {run_dir}")
     if dry_run:
         if distributed.get_rank() == 0:
@@ -221,9 +208,9 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
         os.makedirs(run_dir, exist_ok=True)
         if resume_state is None:
             with open(os.path.join(run_dir, "training_options.json"), "w") as f:
-                json.dump(c.to_dict(), f, indent=2)
+                json.dump(config.to_dict(), f, indent=2)
     distributed.barrier()
-    launch(c, run_dir, resume_state)
+    launch(config, run_dir, resume_state)
 
 
 if __name__ == "__main__":

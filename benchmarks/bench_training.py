@@ -16,7 +16,6 @@ import sys
 import tempfile
 
 import click
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,10 +55,12 @@ def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolut
     """Print one table row per measured tick and a summary line."""
     from deep3drecon import assets
     from deep3drecon.recon_net import ReconNet, save_recon_net
+    from torch_utils.misc import pick_device
     from training.config import resolve_config
+    from training.resolve import resolve_run
     from training.training_loop import training_loop
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device("auto")
     with tempfile.TemporaryDirectory() as tmp:
         c = resolve_config(cfg, dict(batch=batch, batch_gpu=batch_gpu, cond=cond, render_backend=render_backend,
                                      data=None, workers=0))
@@ -81,7 +82,7 @@ def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolut
         c.snap = 10**9
         run_dir = os.path.join(tmp, "run")
         os.makedirs(run_dir)
-        training_loop(c, run_dir, device)
+        training_loop(c, run_dir, device, *resolve_run(c))
         ticks = [json.loads(line) for line in open(os.path.join(run_dir, "stats.jsonl"))][1:]  # drop warm-up
     name = f"{c.cfg} {'cond' if c.cond else 'no-cond'} R{res} batch {c.batch} ({device.type})"
     sec_per_kimg = sorted(t["Timing/sec_per_kimg"]["mean"] for t in ticks)[len(ticks) // 2]

@@ -37,6 +37,7 @@ import numpy as np
 import PIL.Image
 
 from torch_utils.errors import UserError
+from torch_utils.misc import pick_device
 
 TOOL_NAME = "taxfree3dmm dataset_tool"
 TOOL_VERSION = "1.0.0"
@@ -290,51 +291,6 @@ def list_image_folder(source: str | os.PathLike, max_images: int | None = None) 
     return items
 
 
-def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", progress: bool = True,
-                             log: Callable[[str], None] = print) -> int:  # fmt: skip
-    """Run the face detector on items without a landmark file (in place); returns how many were missing.
-
-    Detected points (largest face) are written beside the photo as `<stem>_landmarks.txt` and used; a photo
-    without a face gets a skip reason. Needs the `faces` extra only when some photo lacks landmarks.
-    """
-    missing = [it for it in items if it.landmarks is None and not (it.landmarks_path and os.path.isfile(
-        it.landmarks_path))]  # fmt: skip
-    if not missing:
-        return 0
-    import torch
-    from tqdm import tqdm
-
-    from deep3drecon.landmarks import NoFaceError, detect_landmarks, load_face_detector, write_landmarks
-
-    try:
-        detector = load_face_detector("cuda" if device == "auto" and torch.cuda.is_available() else
-                                      "cpu" if device == "auto" else device)  # fmt: skip
-    except UserError as exc:  # no detector installed: those photos are skipped, the rest still build
-        log(f"{len(missing)} photo(s) have no landmark file and will be skipped: {exc}")
-        for it in missing:
-            it.skip_reason = f"no landmarks ({it.landmarks_path})"
-        return len(missing)
-    log(f"{len(missing)} photo(s) have no landmark file; detecting faces (largest face per photo).")
-    several = 0
-    for it in tqdm(missing, unit="img", desc="detecting faces", disable=not progress):
-        try:
-            with PIL.Image.open(it.image_path) as img:
-                lm, count = detect_landmarks(img.convert("RGB"), detector, it.name)
-        except NoFaceError:
-            it.skip_reason = "no landmarks file and no face found by the detector"
-            continue
-        except Exception as exc:  # unreadable files are reported by the decode step with the same wording
-            it.skip_reason = f"cannot read image: {type(exc).__name__}: {str(exc)[:120]}"
-            continue
-        path = Path(it.image_path)
-        it.landmarks_path = str(write_landmarks(path.with_name(f"{path.stem}_landmarks.txt"), lm))
-        it.landmarks = lm.tolist()
-        several += count > 1
-    if several:
-        log(f"{several} photo(s) showed several faces; the largest was used (see the *_landmarks.txt files).")
-    return len(missing)
-
-
 def list_ffhq(
     source: str | os.PathLike, landmarks_json: str | os.PathLike, landmark_set: str = "auto",
     max_images: int | None = None,
@@ -467,9 +423,7 @@ def build_realigned_dataset(
 
     ckpt_path = resolve_recon_checkpoint(recon_ckpt)
     net = load_recon_net(ckpt_path)
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
+    dev = pick_device(device)
     net = net.to(dev).eval()
     fr_size = int(net.input_size)
     meta: dict[str, Any] = {
@@ -534,7 +488,7 @@ def finish_report(dest: str | os.PathLike, num_images: int, report: SkipReport, 
 
 def label_layout() -> dict[str, list[int]]:
     """Coefficient groups of the 257-d label as {name: [start, stop]} (id, exp, tex, angle, gamma, trans)."""
-    from deep3drecon.face_model import COEFF_SLICES
+    from deep3drecon.coeffs import COEFF_SLICES
 
     return {name: [s.start, s.stop] for name, s in COEFF_SLICES.items()}
 

@@ -51,6 +51,7 @@ from dataprep.builder import (
     ordered_map,
     sha256_file,
 )
+from torch_utils.misc import pick_device
 
 P_DISTRIBUTION: dict[str, str] = {
     "id": "N(0, 0.8) truncated at 2.5 sigma",
@@ -263,7 +264,6 @@ def build_synthetic_dataset(
     report: {"dest", "num_images", "num_skipped", "skipped", "seconds", "images_per_sec"}. The face model defaults
     to deep3drecon.assets.synthetic_face_model_path(); labels are the ground-truth p of each image.
     """
-    import torch
     from tqdm import tqdm
 
     from deep3drecon.assets import synthetic_face_model_path
@@ -271,9 +271,7 @@ def build_synthetic_dataset(
     from deep3drecon.render import Renderer
 
     fm_path = Path(face_model_path) if face_model_path is not None else synthetic_face_model_path()
-    dev = torch.device(
-        "cuda" if device == "auto" and torch.cuda.is_available() else "cpu" if device == "auto" else device
-    )
+    dev = pick_device(device)
     face_model = FaceModel.from_mat(fm_path).to(dev)
     renderer = Renderer(face_model).to(dev)
     coeffs = np.stack([sample_coeffs(image_rng(seed, i, 0)) for i in range(count)]) if count else np.zeros((0, 257))

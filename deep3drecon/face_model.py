@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deep3drecon.coeffs import COEFF_DIMS, COEFF_SLICES, NUM_COEFFS, split_coeffs  # noqa: F401 (re-exported)
 from torch_utils.errors import UserError
 
 __all__ = [
@@ -84,16 +84,6 @@ ZNEAR = 5.0
 ZFAR = 15.0
 INIT_LIT = 0.8  # added to the DC SH coefficient of every colour channel
 
-COEFF_DIMS: OrderedDict[str, int] = OrderedDict(
-    [("id", 80), ("exp", 64), ("tex", 80), ("angle", 3), ("gamma", 27), ("trans", 3)]
-)
-COEFF_SLICES: OrderedDict[str, slice] = OrderedDict()
-_start = 0
-for _name, _dim in COEFF_DIMS.items():
-    COEFF_SLICES[_name] = slice(_start, _start + _dim)
-    _start += _dim
-NUM_COEFFS = _start  # 257
-del _start, _name, _dim
 
 # SH irradiance constants a_k (Lambertian kernel) and c_k (basis normalisation), exactly as the release.
 _A0, _A1, _A2 = math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0)
@@ -102,13 +92,6 @@ _C2 = 3 * math.sqrt(5.0) / math.sqrt(12 * math.pi)
 SH_CONSTANTS: dict[str, float] = {"a0": _A0, "a1": _A1, "a2": _A2, "c0": _C0, "c1": _C1, "c2": _C2}
 
 _REQUIRED_KEYS = ("meanshape", "idBase", "exBase", "meantex", "texBase", "tri", "point_buf", "keypoints")
-
-
-def split_coeffs(coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split coeffs [N, 257] into views id [N,80], exp [N,64], tex [N,80], angle [N,3], gamma [N,27], trans [N,3]."""
-    if coeffs.ndim != 2 or coeffs.shape[1] != NUM_COEFFS:
-        raise UserError(f"expected coefficients of shape [N, {NUM_COEFFS}], got {list(coeffs.shape)}")
-    return {name: coeffs[:, sl] for name, sl in COEFF_SLICES.items()}
 
 
 @dataclass

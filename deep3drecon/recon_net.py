@@ -22,11 +22,10 @@ import torch
 import torchvision
 from torch import nn
 
+from deep3drecon.coeffs import FR_HEAD_DIMS
 from torch_utils.errors import UserError
 
-# Head output sizes in release order: id, exp, tex, angle, gamma, (tx, ty), tz.
-HEAD_DIMS: tuple[int, ...] = (80, 64, 80, 3, 27, 2, 1)
-NUM_COEFFS = sum(HEAD_DIMS)  # 257
+HEAD_DIMS = FR_HEAD_DIMS  # head output sizes in release order: id, exp, tex, angle, gamma, (tx, ty), tz
 FR_INPUT_SIZE = 224  # the release's input resolution (aligned crop, RGB in [0, 1], no mean/std normalisation)
 
 _BACKBONES = {

@@ -25,7 +25,8 @@ from deep3drecon.assets import resolve_bfm, resolve_recon_checkpoint
 from deep3drecon.face_model import FaceModel
 from deep3drecon.recon_net import FR_INPUT_SIZE, load_recon_net
 from deep3drecon.reconstructor import FaceReconstructor
-from torch_utils.errors import UserError
+from torch_utils.errors import Command, UserError
+from torch_utils.misc import pick_device, quantize_uint8
 
 
 @dataclass
@@ -54,8 +55,8 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def tensor_to_image(img: torch.Tensor) -> Image.Image:
-    """[1, 3, H, W] or [3, H, W] float in [0, 1] -> PIL RGB (clamped, rounded)."""
-    arr = img.reshape(-1, *img.shape[-2:]).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    """[1, 3, H, W] or [3, H, W] float in [0, 1] -> PIL RGB (the project's one quantiser)."""
+    arr = quantize_uint8(img.reshape(-1, *img.shape[-2:]).permute(1, 2, 0), drange=(0, 1))
     return Image.fromarray(arr)
 
 
@@ -79,16 +80,7 @@ def reconstruct_image(
     )
 
 
-def _pick_device(device: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; otherwise the named device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but CUDA is not available")
-    return torch.device(device)
-
-
-@click.command()
+@click.command(cls=Command)
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False), required=True)
 @click.option("--landmarks", "landmarks_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="5 or 68 rows 'x y' [default: <stem>.txt beside the image, else detected]")
@@ -113,7 +105,7 @@ def main(
         # Validate every input before any heavy work, so mistakes surface as one line.
         bfm_path = resolve_bfm(bfm)
         ckpt_path = resolve_recon_checkpoint(checkpoint)
-        dev = _pick_device(device)
+        dev = pick_device(device)
         image = Image.open(image_path)
         image.load()
         if landmarks_path is not None:
@@ -127,8 +119,8 @@ def main(
         fr = FaceReconstructor(load_recon_net(ckpt_path)).to(dev)
         renderer = Renderer(face_model, backend=backend).to(dev)
         result = reconstruct_image(image, landmarks, fr, renderer)
-    except (UserError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # unreadable image or model file: one line, like every UserError
+        raise UserError(f"{exc}") from None
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem

@@ -26,15 +26,14 @@ import PIL.Image
 import torch
 import tqdm
 
-from deep3drecon.face_model import COEFF_SLICES, NUM_COEFFS
+from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from torch_utils.errors import UserError
+from torch_utils.misc import quantize_uint8
 from training.dataset import IMAGE_EXTENSIONS
 from training.rep import make_rep, rep_render
 
-# Attribute groups of p edited by `vary`. Identity is shape AND albedo (id + tex): resampling the shape alone would
-# keep the base face's skin tone, which is not what fig. 3's "identity variation" shows.
-ATTR_GROUPS: dict[str, tuple[str, ...]] = {"id": ("id", "tex"), "exp": ("exp",), "illum": ("gamma",),
-                                           "angle": ("angle",)}  # fmt: skip
+# Attribute groups of p edited by `vary` (identity = id + tex, see deep3drecon.coeffs).
+ATTR_GROUPS = ATTRIBUTE_GROUPS
 # What `reference` takes from the photo (fig. 6: "expression, illumination, and pose"). Translation stays the base
 # face's: for aligned crops it only encodes residual misalignment, not pose.
 REFERENCE_GROUPS: tuple[str, ...] = ("exp", "gamma", "angle")
@@ -423,8 +422,8 @@ def compose_grid(result: GridResult, show_rep: bool = False) -> torch.Tensor:
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3] (the rounding StyleGAN2 uses for its PNGs)."""
-    return (image.permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3] with the project's one quantiser (torch_utils.misc.quantize_uint8)."""
+    return quantize_uint8(image.permute(1, 2, 0))
 
 
 def save_grid(result: GridResult, outdir: str, stem: str, show_rep: bool = False,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import tqdm
 from torch.func import functional_call
 
-from deep3drecon.face_model import NUM_COEFFS
+from deep3drecon.coeffs import NUM_COEFFS
 from generation.controlled import to_uint8
 from torch_utils.errors import UserError
 from training.rep import make_rep

@@ -20,8 +20,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from deep3drecon.face_model import COEFF_SLICES, INIT_LIT, NUM_COEFFS
-from generation.controlled import ATTR_GROUPS, to_uint8
+from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
+from deep3drecon.face_model import INIT_LIT
+from generation.controlled import to_uint8
 from generation.inversion import Latent, synthesize
 from torch_utils.errors import UserError
 from training.rep import make_rep
@@ -83,9 +84,9 @@ def light_edits(p: torch.Tensor, directions: Sequence[Sequence[float]], strength
 
 def donor_edits(p: torch.Tensor, attr: str, donors: torch.Tensor,
                 names: Sequence[str]) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
-    """p [257] with ATTR_GROUPS[attr] copied from each donor [K, 257] (another photo's FR estimate, bank rows)."""
+    """p [257] with ATTRIBUTE_GROUPS[attr] copied from each donor [K, 257] (another photo's FR estimate, bank rows)."""
     out = p[None].repeat(len(donors), 1)
-    for group in ATTR_GROUPS[attr]:
+    for group in ATTRIBUTE_GROUPS[attr]:
         out[:, COEFF_SLICES[group]] = donors[:, COEFF_SLICES[group]].to(p.dtype)
     return out, [f"{attr} from {n}" for n in names]
 
@@ -95,7 +96,7 @@ def scale_edits(p: torch.Tensor, attr: str, scales: Sequence[float]) -> tuple[to
     rows = []
     for s in scales:
         q = p.clone()
-        for group in ATTR_GROUPS[attr]:
+        for group in ATTRIBUTE_GROUPS[attr]:
             q[COEFF_SLICES[group]] = q[COEFF_SLICES[group]] * s
         rows.append(q)
     return torch.stack(rows), [f"{attr} x{s:g}" for s in scales]
@@ -108,11 +109,11 @@ def changed_groups(p: torch.Tensor, edits: torch.Tensor) -> tuple[str, ...]:
 
 
 def edited_coefficients(p: torch.Tensor, edits: torch.Tensor, attr: str) -> tuple[str, ...]:
-    """Check that edits [K, 257] differ from p [257] only inside ATTR_GROUPS[attr]; returns the changed groups."""
+    """Check that edits [K, 257] differ from p [257] only inside ATTRIBUTE_GROUPS[attr]; returns the changed groups."""
     if edits.ndim != 2 or edits.shape[1] != NUM_COEFFS:
         raise UserError(f"edits must be [K, {NUM_COEFFS}], got {list(edits.shape)}")
     changed = changed_groups(p, edits)
-    outside = [g for g in changed if g not in ATTR_GROUPS[attr]]
+    outside = [g for g in changed if g not in ATTRIBUTE_GROUPS[attr]]
     if outside:  # a bug, not a user error: an edit of one attribute must never touch another
         raise RuntimeError(f"edit of {attr} changed other coefficient groups: {outside}")
     return changed

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deep3drecon.face_model import COEFF_SLICES, NUM_COEFFS  # noqa: F401 (re-exported for the metrics)
+from deep3drecon.coeffs import COEFF_SLICES, NUM_COEFFS  # noqa: F401 (re-exported for the metrics)
 from metrics.features import FeatureExtractorFactory, inception_factory
 from torch_utils.errors import UserError
 

@@ -14,6 +14,15 @@ import torch
 torch.set_num_threads(1)  # CI has 2 cores shared by 2 xdist workers
 
 
+def run_training_loop(config, run_dir: str, device: torch.device, resume_state: str | None = None) -> dict:
+    """train.py's single-process path: resolve the run's dataset and assets, then run the loop."""
+    from training.resolve import resolve_run
+    from training.training_loop import training_loop
+
+    dataset, assets = resolve_run(config)
+    return training_loop(config, run_dir, device, dataset, assets, resume_state=resume_state)
+
+
 def write_image_dataset(path: str, num: int = 16, resolution: int = 16, label_dim: int = 257, seed: int = 0,
                         as_zip: bool = True) -> np.ndarray:
     """Write `num` random RGB PNGs + dataset.json labels (zip or folder); returns the labels [num, label_dim]."""

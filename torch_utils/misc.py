@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+
+from torch_utils.errors import UserError
+
 
 def format_time(seconds: float) -> str:
     """Human-readable duration: 12s, 3m 04s, 1h 02m 03s, 2d 03h 04m."""
@@ -13,3 +18,38 @@ def format_time(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s"
     return f"{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m"
+
+
+def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
+    """The one device choice of every entry point: 'auto' | 'cpu' | 'cuda' | 'cuda:K' -> a torch.device.
+
+    'auto' takes cuda:<local_rank> when CUDA is available, else the CPU; 'cuda' takes cuda:<local_rank> (one
+    process per GPU) and is a UserError without CUDA or when local_rank has no device.
+    """
+    requested = requested or "auto"
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not requested.startswith("cuda") and requested != "auto":
+        raise UserError(f"--device must be auto, cpu, cuda or cuda:K, not '{requested}'")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: no CUDA device is available (use --device cpu)")
+    index = int(requested.split(":", 1)[1]) if ":" in requested else local_rank
+    if index >= torch.cuda.device_count():
+        raise UserError(f"CUDA device {index} was requested but only {torch.cuda.device_count()} are visible")
+    return torch.device("cuda", index)
+
+
+def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """The one float -> uint8 quantiser of every PNG the project writes (training grids, generate.py, tools).
+
+        u = clip(floor(x * s + (1/2 - lo * s)), 0, 255),   s = 255 / (hi - lo)      (round half up; lo -> 0, hi -> 255)
+
+    in float32, so that for drange (-1, 1) it is bit for bit StyleGAN2's `(x * 127.5 + 128).clamp(0, 255).to(uint8)`.
+    Any layout; returns a numpy uint8 array of the same shape.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    lo, hi = drange
+    scale = 255 / (hi - lo)
+    scaled = np.asarray(images, dtype=np.float32) * np.float32(scale) + np.float32(0.5 - lo * scale)
+    return np.floor(scaled).clip(0, 255).astype(np.uint8)

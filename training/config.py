@@ -109,33 +109,34 @@ def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def validate(c: TrainConfig) -> None:
+def validate(config: TrainConfig) -> None:
     """Checks that need no data or GPU; each failure is one clear line."""
-    if c.gpus < 1:
+    if config.gpus < 1:
         raise UserError("--gpus must be at least 1")
-    if c.batch < 1 or c.batch % c.gpus != 0:
-        raise UserError(f"--batch={c.batch} must be a positive multiple of --gpus={c.gpus}")
-    per_gpu = c.batch // c.gpus
-    batch_gpu = c.batch_gpu or per_gpu
+    if config.batch < 1 or config.batch % config.gpus != 0:
+        raise UserError(f"--batch={config.batch} must be a positive multiple of --gpus={config.gpus}")
+    per_gpu = config.batch // config.gpus
+    batch_gpu = config.batch_gpu or per_gpu
     if batch_gpu < 1 or per_gpu % batch_gpu != 0:
         raise UserError(f"--batch-gpu={batch_gpu} must divide the per-GPU batch {per_gpu} (= batch / gpus)")
-    if batch_gpu % c.mbstd_group != 0:
+    if batch_gpu % config.mbstd_group != 0:
         # A smaller pass would silently shrink D's minibatch-stddev group and change the model being trained.
         raise UserError(f"images per GPU pass ({batch_gpu}) must be a multiple of the minibatch-stddev group "
-                        f"{c.mbstd_group}; raise --batch-gpu or lower --mbstd-group")
-    if c.kimg <= 0 or c.tick_kimg <= 0 or c.snap < 1:
+                        f"{config.mbstd_group}; raise --batch-gpu or lower --mbstd-group")
+    if config.kimg <= 0 or config.tick_kimg <= 0 or config.snap < 1:
         raise UserError("--kimg and --tick must be positive and --snap at least 1")
-    if c.gamma < 0 or c.lambda_cons < 0 or c.blend_kimg < 0:
+    if config.gamma < 0 or config.lambda_cons < 0 or config.blend_kimg < 0:
         raise UserError("--gamma, --lambda-cons and --blend-kimg must be non-negative")
-    if c.render_backend not in ("auto", "torch", "nvdiffrast"):
-        raise UserError(f"--render-backend must be auto, torch or nvdiffrast, not '{c.render_backend}'")
-    if c.device not in ("auto", "cuda", "cpu"):
-        raise UserError(f"--device must be auto, cuda or cpu, not '{c.device}'")
-    if c.data is None and c.builtin_data is None:
-        raise UserError(f"preset '{c.cfg}' needs --data (a dataset zip or folder made by dataset_tool.py)")
-    if c.cond and c.data is not None and (c.bfm is None or c.recon_ckpt is None) and c.builtin_data is None:
+    if config.render_backend not in ("auto", "torch", "nvdiffrast"):
+        raise UserError(f"--render-backend must be auto, torch or nvdiffrast, not '{config.render_backend}'")
+    if config.device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"--device must be auto, cuda or cpu, not '{config.device}'")
+    if config.data is None and config.builtin_data is None:
+        raise UserError(f"preset '{config.cfg}' needs --data (a dataset zip or folder made by dataset_tool.py)")
+    real_data_without_face_assets = config.data is not None and (config.bfm is None or config.recon_ckpt is None)
+    if config.cond and real_data_without_face_assets and config.builtin_data is None:
         raise UserError("the conditional method needs --bfm (BFM_model_front.mat) and --recon-ckpt "
                         "(Deep3DFaceRecon epoch_20.pth); use --no-cond for the unconditional baseline")
-    for path, flag in ((c.data, "--data"), (c.bfm, "--bfm"), (c.recon_ckpt, "--recon-ckpt")):
+    for path, flag in ((config.data, "--data"), (config.bfm, "--bfm"), (config.recon_ckpt, "--recon-ckpt")):
         if path is not None and not os.path.exists(path):
             raise UserError(f"{flag} path does not exist: {path}")

@@ -14,111 +14,14 @@ import torch
 from torch import nn
 
 from torch_utils.errors import UserError
-from torch_utils.ops import bias_act, conv2d_resample, modulated_conv, upfirdn2d
-
-FIR_FILTER = [1, 3, 3, 1]  # the paper's "bilinear resampling" (StyleGAN2's [1,3,3,1] FIR)
-
-
-def fir_filter() -> torch.Tensor:
-    """The [1,3,3,1] resampling filter as a [4, 4] buffer on the default device (so `with torch.device(...)` works)."""
-    device = torch.get_default_device()
-    with torch.device("cpu"):  # build on CPU even under a meta-device context (cheap; no meta decompositions)
-        return upfirdn2d.setup_filter(FIR_FILTER, device=device)
+from torch_utils.ops import bias_act, modulated_conv, upfirdn2d
+from training.encoder import RenderEncoder
+from training.layers import Conv2dLayer, FullyConnectedLayer, block_resolutions, channels_at, fir_filter
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     """Scale each sample of x [N, C] to unit mean square along `dim`."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
-
-
-def channels_at(res: int, channel_base: int, channel_max: int) -> int:
-    """StyleGAN2's width rule: min(channel_base // res, channel_max) channels at resolution res."""
-    if channel_base < res:
-        raise UserError(f"channel_base {channel_base} gives no channels at resolution {res}; use >= {res}")
-    return min(channel_base // res, channel_max)
-
-
-def block_resolutions(img_resolution: int) -> list[int]:
-    """[4, 8, ..., img_resolution]; raises UserError unless img_resolution is a power of two >= 4."""
-    if img_resolution < 4 or img_resolution & (img_resolution - 1):
-        raise UserError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
-    return [2**i for i in range(2, int(math.log2(img_resolution)) + 1)]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Equalized-learning-rate primitives.
-
-
-class FullyConnectedLayer(nn.Module):
-    """Equalized-lr linear layer: x [N, in_features] -> [N, out_features], weight stored N(0,1)/lr_multiplier."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        activation: str = "linear",
-        lr_multiplier: float = 1.0,
-        bias_init: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.activation = in_features, out_features, activation
-        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
-        # Runtime gains keep the effective init at He scale while Adam sees O(1) parameters (equalized lr).
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
-        if self.activation == "linear" and b is not None:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act.bias_act(x.matmul(w.t()), b, act=self.activation)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
-
-
-class Conv2dLayer(nn.Module):
-    """Equalized-lr conv with optional FIR up/down-sampling: x [N, in, H, W] -> [N, out, H*up/down, W*up/down]."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        bias: bool = True,
-        activation: str = "linear",
-        up: int = 1,
-        down: int = 1,
-        conv_clamp: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels, self.activation = in_channels, out_channels, activation
-        self.up, self.down, self.conv_clamp = up, down, conv_clamp
-        self.register_buffer("resample_filter", fir_filter())
-        self.padding = kernel_size // 2
-        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size**2)
-        self.act_gain = bias_act.activation_funcs[activation].def_gain
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.bias = nn.Parameter(torch.zeros([out_channels])) if bias else None
-
-    def forward(self, x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-        w = self.weight * self.weight_gain
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        x = conv2d_resample.conv2d_resample(
-            x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down, padding=self.padding,
-            flip_weight=(self.up == 1),  # correlation when not upsampling (slightly faster), as StyleGAN2
-        )  # fmt: skip
-        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act.bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_channels={self.in_channels}, out_channels={self.out_channels}, activation={self.activation}, "
-            f"up={self.up}, down={self.down}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,16 +80,16 @@ class SynthesisLayer(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        out_channels: int,
-        w_dim: int,
-        resolution: int,
-        kernel_size: int = 3,
-        up: int = 1,
-        use_noise: bool = True,
-        activation: str = "lrelu",
-        conv_clamp: float | None = None,
-        feat_channels: int = 0,
+        in_channels: int,                # channels of x coming from the previous layer (each gets a style from w)
+        out_channels: int,               # channels produced
+        w_dim: int,                      # width of the w that drives this layer's styles
+        resolution: int,                 # output size r (and of the noise map)
+        kernel_size: int = 3,            # conv kernel; padding keeps the size (before upsampling)
+        up: int = 1,                     # 2 for the first conv of a block: FIR-upsample q -> r inside the conv
+        use_noise: bool = True,          # per-pixel noise, one map shared by all channels, learned strength
+        activation: str = "lrelu",       # bias_act activation after the conv
+        conv_clamp: float | None = None,  # clamp pre-activations to +-conv_clamp (fp16 safety, StyleGAN2 paper256)
+        feat_channels: int = 0,          # F injected 3DMM feature channels (eq. 7), style fixed to 1; 0 = baseline
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.feat_channels = in_channels, out_channels, feat_channels
@@ -212,14 +115,15 @@ class SynthesisLayer(nn.Module):
         fused_modconv: bool = True,
         gain: float = 1.0,
     ) -> torch.Tensor:
-        styles = self.affine(w)
+        styles = self.affine(w)  # [N, in]
         if self.feat_channels:
             if feat is None or feat.shape[1] != self.feat_channels:
                 raise UserError(
                     f"this layer needs feat with {self.feat_channels} channels (the injected 3DMM features)"
                 )
-            x = torch.cat([x, feat.to(x.dtype)], dim=1)
-            styles = torch.cat([styles, styles.new_ones([styles.shape[0], self.feat_channels])], dim=1)
+            # eq. 7: the injected features c enter here, concatenated to x, with style exactly 1.
+            x = torch.cat([x, feat.to(x.dtype)], dim=1)  # [N, in + F, q, q]
+            styles = torch.cat([styles, styles.new_ones([styles.shape[0], self.feat_channels])], dim=1)  # [N, in + F]
         noise = None
         if self.use_noise and noise_mode == "random":  # one map shared by all channels, fresh per sample
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
@@ -229,7 +133,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv.modulated_conv2d(
             x, self.weight, styles, noise=noise, up=self.up, padding=self.padding, resample_filter=self.resample_filter,
             flip_weight=(self.up == 1), fused_modconv=fused_modconv,
-        )  # fmt: skip
+        )  # fmt: skip  # [N, out, r, r]
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
@@ -380,17 +284,17 @@ class SynthesisNetwork(nn.Module):
             raise UserError(f"ws has shape {tuple(ws.shape)}, expected [N, {self.num_ws}, {self.w_dim}]")
         if noise_mode not in ("random", "const", "none"):
             raise UserError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
-        self.check_feats(feats, ws.shape[0])
-        x = img = None
+        self.check_feats(feats, ws.shape[0])  # feats[i]: [N, feat_layer_channels[i], feat_resolutions[i] ** 2]
+        x = img = None  # x: [N, C_r, r, r] features, img: [N, 3, r, r] running RGB (skip architecture)
         w_idx = feat_idx = 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
-            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)  # [N, num_conv + 1, w_dim]
             block_feats = [None] * block.num_conv if feats is None else feats[feat_idx : feat_idx + block.num_conv]
-            x, img = block(x, img, block_ws, block_feats, noise_mode, force_fp32, fused_modconv)
-            w_idx += block.num_conv
+            x, img = block(x, img, block_ws, block_feats, noise_mode, force_fp32, fused_modconv)  # [N, C, res, res]
+            w_idx += block.num_conv  # the block's ToRGB w is shared with the next block's conv0
             feat_idx += block.num_conv
-        return img
+        return img  # [N, img_channels, R, R]
 
 
 class Generator(nn.Module):
@@ -410,7 +314,6 @@ class Generator(nn.Module):
         synthesis_kwargs: dict | None = None,
         encoder_kwargs: dict | None = None,
     ) -> None:
-        from training.encoder import RenderEncoder  # local import: encoder.py builds on this module's layers
 
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, img_resolution, img_channels
@@ -445,9 +348,10 @@ class Generator(nn.Module):
     ) -> torch.Tensor:
         if self.is_conditional and rep is None:
             raise UserError("this generator is 3DMM-conditional: pass rep [N, 9, R, R]")
-        feats = self.features(rep) if rep is not None else None
-        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, feats, noise_mode=noise_mode, force_fp32=force_fp32)
+        feats = self.features(rep) if rep is not None else None  # E(rep): one map per conv layer (encoder.py)
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)  # [N, num_ws, w_dim]
+        # The feats enter each conv layer in SynthesisLayer.forward (above), concatenated with style 1 (eq. 7).
+        return self.synthesis(ws, feats, noise_mode=noise_mode, force_fp32=force_fp32)  # [N, 3, R, R]
 
 
 # ----------------------------------------------------------------------------------------------------------------

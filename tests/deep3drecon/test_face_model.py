@@ -11,7 +11,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from deep3drecon.align import TEMPLATE_5, landmarks_68_to_5
-from deep3drecon.face_model import COEFF_DIMS, COEFF_SLICES, FaceModel, split_coeffs
+from deep3drecon.coeffs import COEFF_DIMS, COEFF_SLICES, split_coeffs
+from deep3drecon.face_model import FaceModel
 from deep3drecon.synthetic import make_synthetic_model, write_synthetic_mat
 from torch_utils.errors import UserError
 

@@ -174,7 +174,8 @@ def test_dataset_tool_images_detects_and_skips(astronaut, tmp_path) -> None:
 
 
 def test_folder_without_the_extra_skips_only_unlabelled_photos(monkeypatch, tmp_path) -> None:
-    from dataprep.builder import detect_missing_landmarks, list_image_folder
+    from dataprep.builder import list_image_folder
+    from dataprep.photo_landmarks import detect_missing_landmarks
 
     for name in ("a", "b"):
         PIL.Image.new("RGB", (32, 32)).save(tmp_path / f"{name}.png")

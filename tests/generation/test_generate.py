@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from deep3drecon.face_model import COEFF_SLICES
+from deep3drecon.coeffs import COEFF_SLICES
 from deep3drecon.recon_net import ReconNet, load_recon_net, save_recon_net
 from deep3drecon.synthetic import write_synthetic_mat
 from generate import cli
 from generation import controlled as cg
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from training.face_pipeline import build_renderer
 from training.networks import Generator
 from training.rep import make_rep
+from training.resolve import build_renderer
 from training.snapshot import load_network, save_network_snapshot
 
 RES = 64  # smallest resolution with all three fig. 7 scales (fine = 64..R)
@@ -274,7 +274,7 @@ def test_clear_errors(env, tmp_path) -> None:
     result = run("images", "--network", tmp_path / "missing.pt", "--outdir", tmp_path)
     assert result.exit_code == 1 and "snapshot not found" in result.output and "Traceback" not in result.output
     result = run("images", "--network", env["cond"], "--outdir", tmp_path, "--bfm", tmp_path / "nope.mat")
-    assert result.exit_code == 1 and "nope.mat not found" in result.output
+    assert result.exit_code == 1 and "--bfm path does not exist" in result.output and "nope.mat" in result.output
     result = run("images", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "3-1")
     assert result.exit_code == 2 and "end is smaller than the start" in result.output
     np.save(tmp_path / "bank.npy", np.zeros([4, 100], dtype=np.float32))

@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from deep3drecon.align import RESCALE_FACTOR, TEMPLATE_5
-from deep3drecon.face_model import COEFF_SLICES, FaceModel
+from deep3drecon.coeffs import COEFF_SLICES
+from deep3drecon.face_model import FaceModel
 from deep3drecon.recon_net import ReconNet, save_recon_net
 from deep3drecon.synthetic import write_synthetic_mat
 from generate import cli
@@ -23,9 +24,9 @@ from generation import real_edit
 from generation.controlled import to_uint8
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from training.face_pipeline import build_reconstructor, build_renderer
 from training.networks import Generator
 from training.rep import make_rep
+from training.resolve import build_reconstructor, build_renderer
 from training.snapshot import load_network, save_network_snapshot
 
 RES = 32

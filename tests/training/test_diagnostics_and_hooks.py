@@ -87,8 +87,8 @@ def conditional_snapshot(tmp_path_factory):
 def test_fig2_script_writes_one_row_per_layer(conditional_snapshot, tmp_path):
     path, _ = conditional_snapshot
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "feature_derivatives.py"), "--network", path,
-                           "--outdir", str(tmp_path), "--cell", "8", "--render-backend", "torch"],
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "generate.py"), "feature-derivatives", "--network", path,
+                           "--outdir", str(tmp_path), "--cell", "8", "--render-backend", "torch", "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     image = np.array(PIL.Image.open(tmp_path / "fig2-seed0000.png"))

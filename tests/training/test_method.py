@@ -101,10 +101,9 @@ def test_conditioned_loop_trains_and_resumes_blending(tmp_path):
 
     from deep3drecon.recon_net import save_recon_net
     from deep3drecon.synthetic import write_synthetic_mat
-    from tests.conftest import write_image_dataset
+    from tests.conftest import run_training_loop, write_image_dataset
     from training import snapshot
     from training.config import TrainConfig
-    from training.training_loop import training_loop
 
     data = str(tmp_path / "faces.zip")
     write_image_dataset(data, num=8, resolution=16)
@@ -116,9 +115,9 @@ def test_conditioned_loop_trains_and_resumes_blending(tmp_path):
                   w_dim=16, channel_base=128, channel_max=16, num_fp16_res=0, mbstd_group=2, batch=4, tick_kimg=0.008,
                   snap=1, workers=0, ema_kimg=0.01, enc_channel_base=64, enc_channel_max=8, enc_feat_channels=2,
                   blend_kimg=0.016, lambda_cons=20.0, device="cpu")
-    training_loop(TrainConfig(**common, kimg=0.008), str(tmp_path), torch.device("cpu"))
+    run_training_loop(TrainConfig(**common, kimg=0.008), str(tmp_path), torch.device("cpu"))
     state = snapshot.latest_training_state(str(tmp_path))
-    training_loop(TrainConfig(**common, kimg=0.016), str(tmp_path), torch.device("cpu"), resume_state=state)
+    run_training_loop(TrainConfig(**common, kimg=0.016), str(tmp_path), torch.device("cpu"), resume_state=state)
     ticks = [json.loads(line) for line in open(tmp_path / "stats.jsonl")]
     alphas = [t["Progress/alpha"]["mean"] for t in ticks]
     kimgs = [t["Progress/kimg"]["mean"] for t in ticks]

@@ -66,14 +66,14 @@ def test_presets_hold_the_paper_settings():
 def test_resume_rejects_flags_it_would_ignore_and_revalidates(tmp_path):
     import torch
 
+    from tests.conftest import run_training_loop
     from tests.training.test_training_loop import tiny_config
-    from training.training_loop import training_loop
 
     data = str(tmp_path / "d.zip")
     write_image_dataset(data, num=4, resolution=8)
     run = tmp_path / "runs" / "00000-tiny"
     run.mkdir(parents=True)
-    training_loop(tiny_config(data, kimg=0.004), str(run), torch.device("cpu"))
+    run_training_loop(tiny_config(data, kimg=0.004), str(run), torch.device("cpu"))
     result = invoke("--resume", "latest", "--outdir", str(tmp_path / "runs"), "--gamma", "3")
     assert result.exit_code != 0 and "not: gamma" in result.output
     result = invoke("--resume", str(run), "--batch-gpu", "3")
@@ -100,9 +100,9 @@ def test_builtin_assets_stay_unresolved_in_the_saved_config(tmp_path, monkeypatc
     config = json.loads(result.output[result.output.index("{"): result.output.index("Output directory")])
     assert config["data"] is None and config["bfm"] is None and config["recon_ckpt"] is None
     assert config["resolution"] == 16 and config["cond"] is True
-    from training.config import TrainConfig
-    from training.face_pipeline import resolve_run_assets
+    from training.resolve import resolve_assets
 
-    data, bfm, ckpt = resolve_run_assets(TrainConfig.from_dict(config))
+    resolved = resolve_assets(config, need_fr=True)
+    data, bfm, ckpt = resolved.data, resolved.bfm, resolved.recon_ckpt
     assert data.endswith("synthetic-4-16px-seed0.zip") and bfm.endswith(".mat") and ckpt == str(fr)
     assert torch.load(ckpt, weights_only=True)["input_size"] == 32

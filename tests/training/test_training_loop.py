@@ -10,10 +10,9 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import write_image_dataset
+from tests.conftest import run_training_loop, write_image_dataset
 from training import snapshot
 from training.config import TrainConfig
-from training.training_loop import training_loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(cfg="test", z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16, num_fp16_res=0,
@@ -34,7 +33,7 @@ def dataset_path(tmp_path_factory):
 
 def test_run_writes_outputs_and_safe_snapshots(tmp_path, dataset_path):
     c = tiny_config(dataset_path, kimg=0.016)
-    out = training_loop(c, str(tmp_path), torch.device("cpu"))
+    out = run_training_loop(c, str(tmp_path), torch.device("cpu"))
     assert out["cur_nimg"] == 16 and out["batch_idx"] == 4
     for name in ("reals.png", "fakes_init.png", "fakes000000.png", "stats.jsonl"):
         assert os.path.isfile(tmp_path / name), name
@@ -62,15 +61,16 @@ def test_corrupt_snapshot_is_a_clear_error(tmp_path):
 def test_resume_continues_exactly(tmp_path, dataset_path):
     straight = tmp_path / "straight"
     straight.mkdir()
-    training_loop(tiny_config(dataset_path, kimg=0.024), str(straight), torch.device("cpu"))
+    run_training_loop(tiny_config(dataset_path, kimg=0.024), str(straight), torch.device("cpu"))
     # Same run "killed" after 8 images (its last snapshot), then resumed to the same length.
     first = tmp_path / "resumed"
     first.mkdir()
-    training_loop(tiny_config(dataset_path, kimg=0.008), str(first), torch.device("cpu"))
+    run_training_loop(tiny_config(dataset_path, kimg=0.008), str(first), torch.device("cpu"))
     state_path = snapshot.latest_training_state(str(first))
     state = torch.load(state_path, weights_only=True)
     assert state["cur_nimg"] == 8
-    out = training_loop(tiny_config(dataset_path, kimg=0.024), str(first), torch.device("cpu"), resume_state=state_path)
+    out = run_training_loop(tiny_config(dataset_path, kimg=0.024), str(first), torch.device("cpu"),
+                            resume_state=state_path)
     assert out["cur_nimg"] == 24
     a = torch.load(snapshot.latest_training_state(str(straight)), weights_only=True)
     b = torch.load(snapshot.latest_training_state(str(first)), weights_only=True)

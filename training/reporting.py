@@ -1,0 +1,80 @@
+"""What a run reports once per tick: the status line, stats.jsonl and TensorBoard scalars (rank 0 writes).
+
+Every rank calls `TickReporter.tick` at the same point of the loop, because collecting the statistics is a
+collective (an all-reduce over ranks); only rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+
+from torch_utils.misc import format_time
+from torch_utils.training_stats import StatsCollector
+
+
+def cpu_memory_gb() -> float:
+    """Resident memory of this process in GB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class TickReporter:
+    """Summarises a tick's statistics into one status line, a stats.jsonl row and TensorBoard scalars."""
+
+    def __init__(self, run_dir: str, stats: StatsCollector, device: torch.device, rank: int) -> None:
+        self.stats, self.device, self.rank = stats, device, rank
+        self.writer = self.stats_file = None
+        if rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(run_dir)
+            except ImportError:
+                print("TensorBoard not installed: writing stats.jsonl only", flush=True)
+            self.stats_file = open(os.path.join(run_dir, "stats.jsonl"), "a")
+
+    def tick(self, *, cur_tick: int, cur_nimg: int, tick_start_nimg: int, tick_start_time: float, start_time: float,
+             maintenance_time: float, alpha: float) -> None:
+        """Report one finished tick (collective: every rank calls it)."""
+        tick_end_time = time.time()
+        sec_per_tick = tick_end_time - tick_start_time
+        sec_per_kimg = sec_per_tick / max(cur_nimg - tick_start_nimg, 1) * 1000
+        gpumem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
+        cpumem = cpu_memory_gb()
+        for name, value in (("Progress/tick", cur_tick), ("Progress/kimg", cur_nimg / 1000),
+                            ("Progress/alpha", alpha), ("Timing/total_sec", tick_end_time - start_time),
+                            ("Timing/sec_per_tick", sec_per_tick), ("Timing/sec_per_kimg", sec_per_kimg),
+                            ("Timing/maintenance_sec", maintenance_time), ("Resources/cpu_mem_gb", cpumem),
+                            ("Resources/peak_gpu_mem_gb", gpumem)):  # fmt: skip
+            self.stats.report(name, value)
+        tick_stats = self.stats.collect()  # collective: every rank
+        if self.rank != 0:
+            return
+        mean = lambda name: tick_stats.get(name, {}).get("mean", float("nan"))
+        print(" ".join([
+            f"tick {cur_tick:<5d}", f"kimg {cur_nimg / 1000:<8.1f}",
+            f"time {format_time(tick_end_time - start_time):<12s}", f"sec/tick {sec_per_tick:<7.1f}",
+            f"sec/kimg {sec_per_kimg:<7.2f}", f"maint {maintenance_time:<5.1f}", f"cpumem {cpumem:<5.2f}",
+            f"gpumem {gpumem:<5.2f}", f"alpha {alpha:.3f}", f"G {mean('Loss/G/loss'):.3f}",
+            f"D {mean('Loss/D/loss'):.3f}", f"cons {mean('Loss/G/consistency'):.4f}"]), flush=True)  # fmt: skip
+        self.stats_file.write(json.dumps(dict(tick_stats, timestamp=time.time())) + "\n")
+        self.stats_file.flush()
+        if self.writer is not None:
+            for name, value in tick_stats.items():
+                self.writer.add_scalar(name, value["mean"], global_step=int(cur_nimg / 1000),
+                                       walltime=tick_end_time - start_time)  # fmt: skip
+            self.writer.flush()
+
+    def close(self) -> None:
+        """Close stats.jsonl and the TensorBoard writer."""
+        if self.stats_file is not None:
+            self.stats_file.close()
+        if self.writer is not None:
+            self.writer.close()
