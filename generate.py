@@ -7,6 +7,8 @@ Examples:
     python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
+    python generate.py invert     --network snap.pt --outdir inv --images photos/                     # real photos
+    python generate.py edit       --network snap.pt --outdir inv --latent inv/me-latent.npz --attr angle
     python generate.py feature-derivatives --network snap.pt --outdir out --seeds 0                   # fig. 2
 
 p comes from a bank: the labels of the snapshot's training dataset (or --data), or a .npy [M, 257] (--p-bank);
@@ -363,7 +365,7 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
 
     s = open_session(opts, "edit", needs_p=True)
     lat = load_latent(latent, s.G, sha256_file(opts.network))
-    photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt), s.G.img_resolution)
+    photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt), s.G.img_resolution, opts.outdir)
     edits, labels = real_edit.build_edits(lat.p, attr, yaw=yaw, pitch=pitch, light_dirs=light_dir,
                                           light_strength=light_strength, scale=scale, seeds=seeds, bank=s.bank,
                                           from_images=from_image, photo_p=photo_p)  # fmt: skip

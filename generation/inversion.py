@@ -168,6 +168,8 @@ class PhotoLoss(torch.nn.Module):
     def __init__(self, fr: torch.nn.Module | None, vgg_path: str | None = None, pixel_weight: float = 1.0,
                  feature_weight: float = 0.05) -> None:  # fmt: skip
         super().__init__()
+        if fr is None and vgg_path is None and feature_weight > 0:
+            raise UserError("the built-in loss compares FR features: pass an FR, a VGG-16 path or feature_weight=0")
         self.pixel_weight, self.feature_weight = pixel_weight, feature_weight
         self.vgg = _load_vgg(vgg_path) if vgg_path is not None else None
         self.fr = fr
@@ -257,6 +259,8 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
     res = G.img_resolution
     if tuple(target.shape) != (3, res, res):
         raise UserError(f"the target must be an aligned [3, {res}, {res}] image, got {list(target.shape)}")
+    if fr is None and p_init is None:
+        raise UserError("inversion needs an FR to estimate p, or p_init")
     device = G.mapping.w_avg.device
     loss = loss or PhotoLoss(fr, pixel_weight=options.pixel_weight, feature_weight=options.feature_weight)
     x = target[None].to(device).float()

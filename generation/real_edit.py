@@ -226,8 +226,9 @@ def invert_photos(G: torch.nn.Module, fr: torch.nn.Module, renderer: torch.nn.Mo
     return done
 
 
-def photos_p(paths: Sequence[str], fr: torch.nn.Module, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """FR coefficients [K, 257] of photos (landmarks from files or detected, aligned at R) and their stems."""
+def photos_p(paths: Sequence[str], fr: torch.nn.Module, resolution: int,
+             outdir: str | None = None) -> tuple[torch.Tensor, list[str]]:  # fmt: skip
+    """FR coefficients [K, 257] of photos (aligned at R) and their stems; detected landmarks go to outdir."""
     from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
     from generation.inversion import prepare_photo
 
@@ -239,7 +240,7 @@ def photos_p(paths: Sequence[str], fr: torch.nn.Module, resolution: int) -> tupl
         if not os.path.isfile(path):
             raise UserError(f"--from-image: file not found: {path}")
         image = read_photo(path)
-        landmarks, _ = find_or_detect_landmarks(path, image, get_detector)
+        landmarks, _ = find_or_detect_landmarks(path, image, get_detector, outdir)
         target = prepare_photo(image, resolution, landmarks=landmarks).target
         with torch.no_grad():
             rows.append(fr(target[None].to(device)).float()[0].cpu())

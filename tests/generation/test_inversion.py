@@ -219,3 +219,14 @@ def test_bad_inputs_are_one_line(env, tmp_path) -> None:
                        "--attr", "exp"), "file not found")  # fmt: skip
     one_line_error(run("edit", "--network", env["snap"], "--latent", latent, "--outdir", out, "--attr", "angle",
                        "--yaw", "left"), "--yaw: expected comma-separated numbers")  # fmt: skip
+
+
+def test_vgg_weights_are_checked(tmp_path) -> None:
+    with pytest.raises(UserError, match="file not found"):
+        inv.PhotoLoss(None, str(tmp_path / "missing.pth"))
+    path = tmp_path / "not-vgg.pth"
+    torch.save({"features.0.weight": torch.zeros(2, 3, 3, 3)}, path)
+    with pytest.raises(UserError, match="not a torchvision VGG-16 state dict"):
+        inv.PhotoLoss(None, str(path))
+    with pytest.raises(UserError, match="pass an FR"):
+        inv.PhotoLoss(None)
