@@ -51,7 +51,7 @@ class InversionOptions:
     p_prior: float = 1.0  # weight of ||p - p0||^2 / 257 when refine_p
     pixel_weight: float = 1.0
     feature_weight: float = 0.05  # FR-feature or VGG term
-    noise_reg: float = 10.0
+    noise_reg: float = 1.0  # weight of the autocorrelation penalty (low resolutions dominate it)
     init_noise: float = 0.05  # w noise at the start, in units of the w spread, ramped to 0 over 75% of the steps
     seed: int = 0
 

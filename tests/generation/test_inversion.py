@@ -42,6 +42,9 @@ def _snapshot(path: str, assets: dict, seed: int, w_dim: int = 16) -> str:
         for name, param in G.named_parameters():
             if name.endswith("noise_strength"):
                 param.fill_(0.02)
+        for layer in G.synthesis.modules():  # injected-feature weights start at 0; a trained G uses rep(p)
+            if getattr(layer, "feat_channels", 0):
+                layer.weight[:, layer.in_channels :].normal_()
     save_network_snapshot(path, G, kwargs, dict(assets, cond=True, render_backend="torch", recon_backbone=None), 0)
     return path
 
