@@ -6,6 +6,7 @@ Examples:
     python generate.py resample-z --network snap.pt --outdir out --seeds 0-3 --z-seeds 100-106         # fig. 4
     python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
+    python generate.py studio     --network snap.pt --outdir out --port 7860          # sliders in a browser
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
     python generate.py invert     --network snap.pt --outdir inv --images photos/                     # real photos
     python generate.py edit       --network snap.pt --outdir inv --latent inv/me-latent.npz --attr angle
@@ -377,6 +378,24 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
     path = real_edit.save_edit_grid(os.path.join(opts.outdir, f"{stem}-edit-{attr}.png"), lat.target, recon, result)
     groups = ", ".join(result.changed) or "nothing (every edit equals the photo's p)"
     click.echo(f"{path}: [target, reconstruction, {', '.join(labels)}]; changed only p[{groups}], w and noise kept")
+
+
+@cli.command(short_help="A browser editor: sliders for pose, expression, lighting, identity.")
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface)")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="Port of the page")
+@click.option("--recon-ckpt", help="FR checkpoint for the re-estimate view and photos [default: the snapshot's]")
+def studio(opts: Options, host: str, port: int, recon_ckpt: str | None) -> None:
+    """Serve a local web page that edits a face with sliders; saved edits (image, p, z) go to --outdir."""
+    from generation import studio as studio_app
+    from generation.studio_state import Studio
+
+    studio_app.import_gradio()  # the one-line install hint before any network is loaded
+    s = open_session(opts, "studio", needs_p=False)
+    fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.is_conditional else None
+    app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr)
+    _log(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
+    studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
 
 if __name__ == "__main__":

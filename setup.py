@@ -30,5 +30,6 @@ setup(
         # Offline face detection: only the MTCNN weight files inside this MIT wheel are used (its code is not);
         # 2.5.3 is the last release that does not pin an old torch.
         "faces": ["facenet-pytorch==2.5.3"],
+        "studio": ["gradio>=6.0", "gradio-client>=2.0"],  # generate.py studio (the browser editor)
     },
 )
