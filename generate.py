@@ -385,7 +385,9 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface)")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="Port of the page")
 @click.option("--recon-ckpt", help="FR checkpoint for the re-estimate view and photos [default: the snapshot's]")
-def studio(opts: Options, host: str, port: int, recon_ckpt: str | None) -> None:
+@click.option("--invert-steps", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Uploaded photos: steps fitting w to the photo (as 'invert'); 0 = FR's p only, latent from z")
+def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_steps: int) -> None:
     """Serve a local web page that edits a face with sliders; saved edits (image, p, z) go to --outdir."""
     from generation import studio as studio_app
     from generation.studio_state import Studio
@@ -393,7 +395,13 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None) -> None:
     studio_app.import_gradio()  # the one-line install hint before any network is loaded
     s = open_session(opts, "studio", needs_p=False)
     fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.is_conditional else None
-    app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr)
+    inverter = None
+    if fr is not None and invert_steps > 0:
+        from generation.studio_state import inversion_inverter
+
+        inverter = inversion_inverter(s.G, fr, s.sampler.renderer, s.device, invert_steps)
+    app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr,
+                 inverter=inverter)
     _log(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
     studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
