@@ -160,7 +160,7 @@ def test_dry_run_builds_no_synthetic_reconstructor(tmp_path, cli_data):
     outdir = tmp_path / "runs"
     result = CliRunner().invoke(main, ["--cfg", "smoke", "--data", cli_data, "--outdir", str(outdir), "-n"])
     assert result.exit_code == 0, result.output
-    assert "Dry run" in result.output and not assets._synthetic_recon_file().exists()
+    assert "Dry run" in result.output and not assets.synthetic_recon_file().exists()
     assert not outdir.exists() or not os.listdir(outdir)
 
 
