@@ -255,3 +255,30 @@ def test_loader_wait_is_reported_per_tick(tmp_path, capsys):
     assert 0 < frac and math.isclose(frac * lines[0]["Timing/sec_per_tick"]["mean"], 1.25, rel_tol=1e-6)
     status = capsys.readouterr().out.splitlines()
     assert "wait 1.2" in status[0] or "wait 1.3" in status[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop wires the config values through (one tiny unconditional iteration, fast paths on).
+
+
+@pytest.mark.slow
+def test_loop_applies_g_reg_interval_and_fast_paths(tmp_path):
+    from tests.conftest import run_training_loop, write_image_dataset
+    from training import snapshot
+
+    data = str(tmp_path / "tiny.zip")
+    write_image_dataset(data, num=8, resolution=8)
+    config = TrainConfig(cfg="test", data=data, z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16,
+                         num_fp16_res=1, mbstd_group=2, batch=4, ema_kimg=0.01, tick_kimg=1, snap=1, workers=0,
+                         cond=False, d_reg_interval=2, kimg=0.004, device="cpu", g_reg_interval=4,
+                         w_avg_in_g_pass=True, channels_last=True, adam_impl="foreach")  # fmt: skip
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_training_loop(config, str(run_dir), torch.device("cpu"))
+    state = snapshot.safe_load(str(run_dir / "training-state-000000.pt"))
+    group_G, group_D = state["opt_G"]["param_groups"][0], state["opt_D"]["param_groups"][0]
+    assert group_G["lr"] == pytest.approx(0.0025 * 0.8) and group_G["betas"][1] == pytest.approx(0.99**0.8)
+    assert group_G["foreach"] is True
+    assert group_D["lr"] == pytest.approx(0.0025 * 2 / 3) and group_D["betas"][1] == pytest.approx(0.99 ** (2 / 3))
+    assert not torch.equal(state["G"]["mapping.w_avg"], torch.zeros(16))
+    assert "Timing/loader_wait_sec" in json.loads((run_dir / "stats.jsonl").read_text().splitlines()[0])
