@@ -6,6 +6,7 @@ Example:
 
 Dataset, face model and FR default to those the snapshot was trained with. Results are printed as JSON lines and,
 if the snapshot's folder is a run directory (has training_options.json), appended to metric-<name>.jsonl there.
+`python calc_metrics.py --check-assets` reports the face assets and the Inception weights without computing anything.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import click
 import torch
 
 from metrics.features import RandomFeatureExtractor, inception_factory, resolve_inception_weights
-from metrics.registry import MetricContext, calc_metric, check_metric_names, get_metric, report_metric
+from metrics.progress import ProgressPrinter
+from metrics.registry import (
+    MetricContext,
+    calc_metric,
+    check_metric_names,
+    get_metric,
+    plan_evaluation,
+    report_metric,
+)
 from torch_utils.errors import Command, UserError
 from torch_utils.misc import pick_device
 
@@ -98,19 +107,6 @@ def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> Metr
     )  # fmt: skip
 
 
-def _progress_printer(name: str, enabled: bool):
-    """A (done, total) callback printing this rank's progress at most every 10%."""
-    last = [-1]
-
-    def report(done: int, total: int) -> None:
-        decile = 10 * done // max(total, 1)
-        if enabled and decile != last[0]:
-            last[0] = decile
-            print(f"  {name}: {done}/{total}", flush=True)
-
-    return report
-
-
 def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
     """One process: set up torch.distributed (if several GPUs), build the context, compute and report metrics."""
     device = pick_device("auto", local_rank=rank)
@@ -125,9 +121,13 @@ def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
             backend, init_method=f"file://{init_file}", rank=rank, world_size=opts.gpus
         )
     ctx = build_context(opts, rank, device)
+    if opts.verbose:
+        ctx.log = lambda line: print(line, flush=True)  # rank 0 only (MetricContext.say)
+    plan_evaluation(opts.metrics, ctx)  # FID + KID together: one real pass, one generation pass
     snapshot = os.path.basename(opts.network)
     for name in opts.metrics:
-        ctx.progress = _progress_printer(name, opts.verbose and rank == 0)
+        show = opts.verbose and rank == 0  # images/s and ETA per pass (real features, generation)
+        ctx.progress = ProgressPrinter(name, lambda line: print(line, flush=True)) if show else None
         result = calc_metric(name, ctx)  # collective: every rank runs it
         if rank == 0:
             print(report_metric(result, opts.run_dir, snapshot), flush=True)
@@ -137,7 +137,7 @@ def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
 
 
 @click.command(cls=Command)
-@click.option("--network", "network", required=True, type=click.Path(exists=True, dir_okay=False), help="Snapshot .pt")
+@click.option("--network", "network", type=click.Path(exists=True, dir_okay=False), help="Snapshot .pt (required)")
 @click.option("--metrics", default="fid50k_full", show_default=True, help="Comma-separated metric names")
 @click.option("--data", type=click.Path(exists=True), help="Dataset zip/folder [default: the snapshot's]")
 @click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1), help="Number of processes/GPUs")
@@ -156,8 +156,16 @@ def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of latents/labels/subsets")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Where metric-<name>.jsonl goes [default: see doc]")
 @click.option("--verbose/--quiet", default=True, show_default=True, help="Print options and progress")
-def main(**kwargs: object) -> None:
+@click.option("--check-assets", is_flag=True, help="Report face assets and Inception weights, then exit")
+def main(check_assets: bool, **kwargs: object) -> None:
     """Compute metrics of a network snapshot and print/append them as JSON lines."""
+    if check_assets:
+        from metrics.assets import print_asset_report
+
+        print_asset_report(kwargs["bfm"], kwargs["recon_ckpt"], kwargs["inception"])  # type: ignore[arg-type]
+        return
+    if kwargs["network"] is None:
+        raise click.UsageError("Missing option '--network'.")
     kwargs["metrics"] = [m.strip() for m in str(kwargs["metrics"]).split(",") if m.strip()]
     opts = MetricsOptions(**kwargs)  # type: ignore[arg-type]
     check_metric_names(opts.metrics)

@@ -24,7 +24,7 @@ from deep3drecon.face_model import FaceModel
 from deep3drecon.recon_net import FR_INPUT_SIZE, load_recon_net
 from deep3drecon.reconstructor import FaceReconstructor
 from torch_utils.errors import Command, UserError
-from torch_utils.misc import pick_device
+from torch_utils.misc import pick_device, quantize_uint8
 
 
 @dataclass
@@ -53,8 +53,8 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 
 
 def tensor_to_image(img: torch.Tensor) -> Image.Image:
-    """[1, 3, H, W] or [3, H, W] float in [0, 1] -> PIL RGB (clamped, rounded)."""
-    arr = img.reshape(-1, *img.shape[-2:]).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    """[1, 3, H, W] or [3, H, W] float in [0, 1] -> PIL RGB (the project's one quantiser)."""
+    arr = quantize_uint8(img.reshape(-1, *img.shape[-2:]).permute(1, 2, 0), drange=(0, 1))
     return Image.fromarray(arr)
 
 

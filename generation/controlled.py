@@ -28,6 +28,7 @@ import tqdm
 
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from torch_utils.errors import UserError
+from torch_utils.misc import quantize_uint8
 from training.dataset import IMAGE_EXTENSIONS
 from training.rep import make_rep, rep_render
 
@@ -412,8 +413,8 @@ def compose_grid(result: GridResult, show_rep: bool = False) -> torch.Tensor:
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3] (the rounding StyleGAN2 uses for its PNGs)."""
-    return (image.permute(1, 2, 0) * 127.5 + 128).clamp(0, 255).to(torch.uint8).numpy()
+    """[3, H, W] in [-1, 1] -> uint8 [H, W, 3] with the project's one quantiser (torch_utils.misc.quantize_uint8)."""
+    return quantize_uint8(image.permute(1, 2, 0))
 
 
 def save_grid(result: GridResult, outdir: str, stem: str, show_rep: bool = False,

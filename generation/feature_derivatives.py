@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from deep3drecon.coeffs import COEFF_SLICES
+from torch_utils.misc import quantize_uint8
 from training.rep import make_rep
 
 # The coefficients each fig. 2 column perturbs: identity shape, expression, SH light, pose angles.
@@ -61,6 +62,6 @@ def maps_to_image(maps: dict[str, list[torch.Tensor]], size: int) -> np.ndarray:
         for attr in maps:
             m = maps[attr][layer][None, None].float().cpu()
             m = F.interpolate(m, size=(size, size), mode="nearest")[0, 0]
-            row.append((m / m.max().clamp(min=1e-12) * 255).round().byte().numpy())
+            row.append(quantize_uint8(m / m.max().clamp(min=1e-12), drange=(0, 1)))
         rows.append(np.concatenate(row, axis=1))
     return np.concatenate(rows, axis=0)

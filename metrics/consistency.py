@@ -21,6 +21,7 @@ from metrics.context import (
     batches,
     rank_indices,
     sample_latents_and_labels,
+    seeded_torch_rng,
 )
 from torch_utils.errors import UserError
 
@@ -51,7 +52,8 @@ def compute_consistency(
         z, label_idx = sample_latents_and_labels(chunk, ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
         p = torch.as_tensor(ctx.p_bank[label_idx], dtype=torch.float32, device=ctx.device)
         rep = ctx.make_rep(p)
-        img = ctx.G(torch.as_tensor(z, device=ctx.device), rep=rep, truncation_psi=1, noise_mode="random")
+        with seeded_torch_rng(ctx.device, ctx.seed, int(chunk[0])):  # repeatable noise, as run_generator
+            img = ctx.G(torch.as_tensor(z, device=ctx.device), rep=rep, truncation_psi=1, noise_mode="random")
         p_hat = ctx.reconstructor(img).float()
         sums[: len(groups)] += group_squared_errors(p_hat.cpu().numpy(), p.cpu().numpy(), groups)
         sums[-2] += (ctx.make_rep(p_hat) - rep).double().pow(2).mean(dim=(1, 2, 3)).sum().item()

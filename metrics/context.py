@@ -7,8 +7,9 @@ and running G on labels through the caller's rep(p).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,11 @@ class MetricContext:
     distribution, as the paper trains). reconstructor: FR(img [N, 3, H, W] in [-1, 1]) -> coeffs [N, 257].
     make_rep: p [N, 257] -> rep [N, 9, R, R] in [-1, 1] at G's resolution. progress: called as (done, total)
     with this rank's item counts. feature_extractor_factory: device -> FeatureExtractor (default TF Inception).
+    log: one-line messages for the user (e.g. the size of a cache file before it is written); None = silent.
+    memo: results shared between the metrics of one evaluation (feature extractor, real and generated feature
+    statistics), so FID and KID asked together make one real pass and one generation pass; build a fresh
+    context (or clear it) when G changes. capture_features: passes whose raw features must be kept because a
+    metric of this evaluation needs them (("real", max_real) / ("gen", num_gen); set by the registry).
     """
 
     G: torch.nn.Module | None = None
@@ -52,6 +58,9 @@ class MetricContext:
     feature_extractor_factory: FeatureExtractorFactory = field(default_factory=inception_factory)
     num_workers: int = 3
     seed: int = 0
+    log: Callable[[str], None] | None = None
+    memo: dict = field(default_factory=dict)
+    capture_features: set = field(default_factory=set)
 
     def require(self, *names: str) -> None:
         """Raises UserError if any named field is None (e.g. DS needs `reconstructor`)."""
@@ -63,6 +72,17 @@ class MetricContext:
         """Forwards progress (this rank's items done / total) to the callback, if any."""
         if self.progress is not None:
             self.progress(done, total)
+
+    def say(self, message: str) -> None:
+        """Sends a one-line message to `log` on rank 0."""
+        if self.log is not None and self.rank == 0:
+            self.log(message)
+
+    def extractor(self):
+        """The feature extractor, built once per evaluation (memoised) on ctx.device."""
+        if "extractor" not in self.memo:
+            self.memo["extractor"] = self.feature_extractor_factory(self.device)
+        return self.memo["extractor"]
 
 
 def rank_indices(num_items: int, rank: int, num_gpus: int) -> np.ndarray:
@@ -107,20 +127,38 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
-def all_gather_rows(rows: np.ndarray, device: torch.device) -> np.ndarray:
-    """Concatenates per-rank arrays [n_r, D] (n_r may differ) in rank order; identity when not distributed."""
+def gather_rows_to_rank0(rows: np.ndarray, device: torch.device) -> np.ndarray | None:
+    """Concatenates per-rank arrays [n_r, D] (n_r may differ) in rank order on rank 0; other ranks get None.
+
+    Only rank 0 holds the gathered array (the other ranks never allocate it). Identity when not distributed.
+    Collective: every rank must call it.
+    """
     if not distributed_active():
         return rows
     cdev = _collective_device(device)
-    counts = [torch.zeros(1, dtype=torch.int64, device=cdev) for _ in range(torch.distributed.get_world_size())]
+    world, rank = torch.distributed.get_world_size(), current_rank()
+    counts = [torch.zeros(1, dtype=torch.int64, device=cdev) for _ in range(world)]
     torch.distributed.all_gather(counts, torch.tensor([len(rows)], dtype=torch.int64, device=cdev))
     counts_list = [int(c.item()) for c in counts]
     padded = np.zeros((max(counts_list), *rows.shape[1:]), dtype=rows.dtype)
     padded[: len(rows)] = rows
     local = torch.as_tensor(padded, device=cdev)
-    gathered = [torch.empty_like(local) for _ in counts_list]
-    torch.distributed.all_gather(gathered, local)
+    gathered = [torch.empty_like(local) for _ in counts_list] if rank == 0 else None
+    torch.distributed.gather(local, gathered, dst=0)
+    if rank != 0:
+        return None
     return np.concatenate([g[:n].cpu().numpy() for g, n in zip(gathered, counts_list)])
+
+
+def current_rank() -> int:
+    """This process's torch.distributed rank (0 when not distributed)."""
+    return torch.distributed.get_rank() if distributed_active() else 0
+
+
+def broadcast_scalar(value: float | None, device: torch.device) -> float:
+    """Rank 0's float on every rank (other ranks may pass None). Collective; identity when not distributed."""
+    mine = float(value) if current_rank() == 0 and value is not None else 0.0
+    return float(all_reduce_sum(np.array([mine], np.float64), device)[0])
 
 
 def sample_latents_and_labels(
@@ -140,9 +178,29 @@ def sample_latents_and_labels(
     return z, label_idx
 
 
+@contextlib.contextmanager
+def seeded_torch_rng(device: torch.device, *key: int) -> Iterator[None]:
+    """Runs the block with torch's global RNG seeded from `key` and restores the outer RNG state afterwards.
+
+    G draws its per-pixel noise from the global RNG; seeding it per batch makes metric values repeatable while
+    training (or anything else) continues with an untouched RNG stream.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0]))
+        yield
+
+
 @torch.no_grad()
-def run_generator(ctx: MetricContext, z: np.ndarray, p: np.ndarray | None, noise_mode: str = "random") -> torch.Tensor:
-    """G(z, rep(p)) without truncation: z [N, z_dim], p [N, 257] (ignored if G is unconditional) -> img [N, 3, R, R]."""
+def run_generator(
+    ctx: MetricContext, z: np.ndarray, p: np.ndarray | None, noise_mode: str = "random", noise_key: int = 0
+) -> torch.Tensor:
+    """G(z, rep(p)) without truncation: z [N, z_dim], p [N, 257] (ignored if G is unconditional) -> img [N, 3, R, R].
+
+    With noise_mode="random" the noise is drawn from torch's RNG seeded by (ctx.seed, noise_key), callers pass
+    the batch's first global sample index: the same images for the same seed, batch size and GPU count (z and
+    labels are keyed per sample; the noise maps of a batch are drawn together, so they follow the batching).
+    """
     ctx.require("G")
     rep = None
     if getattr(ctx.G, "is_conditional", False):
@@ -151,4 +209,5 @@ def run_generator(ctx: MetricContext, z: np.ndarray, p: np.ndarray | None, noise
             raise UserError("a conditional generator needs label vectors p (MetricContext.p_bank)")
         rep = ctx.make_rep(torch.as_tensor(p, dtype=torch.float32, device=ctx.device))
     z_t = torch.as_tensor(z, dtype=torch.float32, device=ctx.device)
-    return ctx.G(z_t, rep=rep, truncation_psi=1, noise_mode=noise_mode)
+    with seeded_torch_rng(ctx.device, ctx.seed, noise_key):
+        return ctx.G(z_t, rep=rep, truncation_psi=1, noise_mode=noise_mode)

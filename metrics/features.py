@@ -7,6 +7,7 @@ weights come from a local file or from torch-fidelity's own torch-hub cache, dow
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
@@ -86,6 +87,22 @@ def resolve_inception_weights(path: str | None = None, download: bool = True) ->
     return cached
 
 
+def load_inception_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Opens `path` once and reads it with torch's weights-only unpickler: name -> tensor, nothing else.
+
+    Raises UserError (naming the file) for anything that is not a plain state dict of tensors.
+    """
+    try:
+        with open(path, "rb") as f:
+            state_dict = torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a refused pickle, a truncated file, an unreadable path: one line for the user
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a plain state dict of Inception weights ({first_line[:200]})") from exc
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise UserError(f"{path} is not a state dict of tensors (name -> tensor)")
+    return state_dict
+
+
 class InceptionV3Features(torch.nn.Module):
     """TF-2015 Inception-v3 pool3 features (2048-d) through torch-fidelity: uint8 [N, 3, H, W] -> float64 [N, 2048].
 
@@ -103,13 +120,14 @@ class InceptionV3Features(torch.nn.Module):
         except ImportError as exc:
             raise UserError("FID/KID need torch-fidelity: pip install torch-fidelity") from exc
         path = resolve_inception_weights(weights_path, download=download)
-        # torch-fidelity loads a local file with weights_only=False; loading it first with weights_only=True
-        # refuses anything but plain tensors, so an untrusted file is never unpickled with full privileges.
-        try:
-            torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UserError(f"{path} is not a plain state dict of Inception weights ({exc})") from exc
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=path)
+        state_dict = load_inception_state_dict(path)
+        # torch-fidelity would open a weights *path* again with full unpickling (a file swapped after our check
+        # would run code). It gets an in-memory file instead, serialised here from the plain tensors just loaded:
+        # the file on disk is opened once, by the weights-only loader, and nothing from it reaches a full unpickler.
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer)
+        buffer.seek(0)
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer)
         self.to(device)
 
     @torch.no_grad()

@@ -44,9 +44,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 def compute_fid(ctx: MetricContext, num_gen: int, max_real: int | None = None) -> dict[str, float]:
     """FID of `num_gen` generated images vs the dataset (all images, or a fixed random `max_real` subset).
 
-    Returns {"fid": value}. Every rank computes the same value from the reduced statistics.
+    Returns {"fid": value}. Every rank computes the same value from the reduced statistics. Both passes are
+    memoised in ctx.memo (shared with KID when both are asked in one evaluation).
     """
-    extractor = ctx.feature_extractor_factory(ctx.device)
+    extractor = ctx.extractor()
     mu_real, sigma_real = compute_real_stats(ctx, extractor, max_items=max_real).mean_cov()
     mu_gen, sigma_gen = compute_generator_stats(ctx, extractor, num_gen).mean_cov()
     return {"fid": frechet_distance(mu_gen, sigma_gen, mu_real, sigma_real)}

@@ -1,8 +1,12 @@
 """Explicit metric registry (name -> function), timing, and the metric-<name>.jsonl result log.
 
 Full-protocol metrics: fid50k_full, kid50k_full (50k generated vs the whole dataset), ds10k (1000 sets x 10 per
-factor, the paper's DS), cons10k. Small variants for smoke runs and tests (numbers NOT comparable with papers):
-fid1k, kid1k, ds100, cons1k.
+factor, the paper's DS) and its public variants ds10k_cgof and ds10k_gancontrol (`metrics.ds_variants`),
+cons10k. Small forms for smoke runs and tests (numbers NOT comparable with papers): fid1k, kid1k, ds100,
+ds100_cgof, ds100_gancontrol, cons1k.
+
+`plan_evaluation(names, ctx)` before a series of `calc_metric` calls on one context lets metrics share passes:
+FID and KID asked together extract the real features once and generate the images once.
 """
 
 from __future__ import annotations
@@ -29,62 +33,74 @@ __all__ = [
     "get_metric",
     "is_valid_metric",
     "list_metrics",
+    "plan_evaluation",
     "report_metric",
 ]
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """A registered metric: fn(ctx) -> {key: float}, and what it needs (so CLIs can validate before GPU work)."""
+    """A registered metric: fn(ctx) -> {key: float}, and what it needs (so CLIs can validate before GPU work).
+
+    variant: the named definition a metric implements (DS: "paper" / "cgof" / "gancontrol"), written into every
+    result record. feature_passes: passes whose raw features the metric keeps (("real", max_real),
+    ("gen", num_gen)); other metrics of the same evaluation reuse those passes instead of repeating them.
+    """
 
     fn: Callable[[MetricContext], dict[str, float]]
     needs_real_images: bool
     needs_reconstructor: bool
     description: str
+    variant: str | None = None
+    feature_passes: tuple[tuple[str, int | None], ...] = ()
 
 
-def _fid50k_full(ctx: MetricContext) -> dict[str, float]:
-    return compute_fid(ctx, num_gen=50_000, max_real=None)
+def _ds(num_sets: int, variant: str) -> Callable[[MetricContext], dict[str, float]]:
+    return lambda ctx: compute_ds(ctx, num_sets=num_sets, samples_per_set=10, variant=variant)
 
 
-def _kid50k_full(ctx: MetricContext) -> dict[str, float]:
-    return compute_kid(ctx, num_gen=50_000, max_real=1_000_000, num_subsets=100, max_subset_size=1000)
+def _fid(num_gen: int, max_real: int | None) -> Callable[[MetricContext], dict[str, float]]:
+    return lambda ctx: compute_fid(ctx, num_gen=num_gen, max_real=max_real)
 
 
-def _ds10k(ctx: MetricContext) -> dict[str, float]:
-    return compute_ds(ctx, num_sets=1000, samples_per_set=10)
+def _kid(num_gen: int, max_real: int, subsets: int, subset_size: int) -> Callable[[MetricContext], dict[str, float]]:
+    return lambda ctx: compute_kid(ctx, num_gen, max_real, num_subsets=subsets, max_subset_size=subset_size)
 
 
-def _cons10k(ctx: MetricContext) -> dict[str, float]:
-    return compute_consistency(ctx, num_samples=10_000)
+def _cons(num_samples: int) -> Callable[[MetricContext], dict[str, float]]:
+    return lambda ctx: compute_consistency(ctx, num_samples=num_samples)
 
 
-def _fid1k(ctx: MetricContext) -> dict[str, float]:
-    return compute_fid(ctx, num_gen=1000, max_real=1000)
-
-
-def _kid1k(ctx: MetricContext) -> dict[str, float]:
-    return compute_kid(ctx, num_gen=1000, max_real=1000, num_subsets=10, max_subset_size=100)
-
-
-def _ds100(ctx: MetricContext) -> dict[str, float]:
-    return compute_ds(ctx, num_sets=10, samples_per_set=10)
-
-
-def _cons1k(ctx: MetricContext) -> dict[str, float]:
-    return compute_consistency(ctx, num_samples=1000)
-
+_DS_LINES = {
+    "paper": "the paper's eq. 11: mean L2 to the set mean / ||dataset mean||, id 160-d, 4 factors",
+    "cgof": "cGOF's code: mean per-dim std / its constants, id 80-d, 3 factors (no illum)",
+    "gancontrol": "GAN-Control's code: mean pairwise L2 / the same over dataset rows, id 80-d, 4 factors",
+}
 
 _METRICS: dict[str, MetricSpec] = {
-    "fid50k_full": MetricSpec(_fid50k_full, True, False, "FID, 50k generated vs all real images (paper table 1)"),
-    "kid50k_full": MetricSpec(_kid50k_full, True, False, "KID, 50k generated vs up to 1M real, 100 subsets of 1000"),
-    "ds10k": MetricSpec(_ds10k, False, True, "disentanglement score, 1000 sets x 10 samples per factor (eq. 11)"),
-    "cons10k": MetricSpec(_cons10k, False, True, "3DMM consistency MSE per coefficient group, 10k samples"),
-    "fid1k": MetricSpec(_fid1k, True, False, "smoke: FID, 1k generated vs 1k real (biased upwards)"),
-    "kid1k": MetricSpec(_kid1k, True, False, "smoke: KID, 1k vs 1k, 10 subsets of 100"),
-    "ds100": MetricSpec(_ds100, False, True, "smoke: disentanglement score, 10 sets x 10 samples"),
-    "cons1k": MetricSpec(_cons1k, False, True, "smoke: 3DMM consistency, 1k samples"),
-}
+    "fid50k_full": MetricSpec(_fid(50_000, None), True, False, "FID, 50k generated vs all real images (paper table 1)"),
+    "kid50k_full": MetricSpec(
+        _kid(50_000, 1_000_000, 100, 1000), True, False, "KID, 50k generated vs up to 1M real, 100 subsets of 1000",
+        feature_passes=(("real", 1_000_000), ("gen", 50_000)),
+    ),
+    "ds10k": MetricSpec(_ds(1000, "paper"), False, True, "DS, 1000 sets x 10 per factor, " + _DS_LINES["paper"],
+                        variant="paper"),
+    "ds10k_cgof": MetricSpec(_ds(1000, "cgof"), False, True, "DS, 1000 sets x 10 per factor, " + _DS_LINES["cgof"],
+                             variant="cgof"),
+    "ds10k_gancontrol": MetricSpec(
+        _ds(1000, "gancontrol"), False, True, "DS, 1000 sets x 10 per factor, " + _DS_LINES["gancontrol"],
+        variant="gancontrol",
+    ),
+    "cons10k": MetricSpec(_cons(10_000), False, True, "3DMM consistency MSE per coefficient group, 10k samples"),
+    "fid1k": MetricSpec(_fid(1000, 1000), True, False, "smoke: FID, 1k generated vs 1k real (biased upwards)"),
+    "kid1k": MetricSpec(_kid(1000, 1000, 10, 100), True, False, "smoke: KID, 1k vs 1k, 10 subsets of 100",
+                        feature_passes=(("real", 1000), ("gen", 1000))),
+    "ds100": MetricSpec(_ds(10, "paper"), False, True, "smoke: ds10k with 10 sets x 10", variant="paper"),
+    "ds100_cgof": MetricSpec(_ds(10, "cgof"), False, True, "smoke: ds10k_cgof with 10 sets x 10", variant="cgof"),
+    "ds100_gancontrol": MetricSpec(_ds(10, "gancontrol"), False, True, "smoke: ds10k_gancontrol with 10 sets x 10",
+                                   variant="gancontrol"),
+    "cons1k": MetricSpec(_cons(1000), False, True, "smoke: 3DMM consistency, 1k samples"),
+}  # fmt: skip
 
 
 def list_metrics() -> list[str]:
@@ -111,11 +127,17 @@ def check_metric_names(names: list[str]) -> None:
         raise UserError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(_METRICS)}")
 
 
+def plan_evaluation(names: list[str], ctx: MetricContext) -> None:
+    """Prepares `ctx` for evaluating `names` in turn: a fresh memo, and the passes whose features must be kept."""
+    ctx.memo.clear()
+    ctx.capture_features = {p for name in names for p in get_metric(name).feature_passes}
+
+
 def calc_metric(name: str, ctx: MetricContext) -> dict:
     """Runs metric `name` on every rank (collective: all ranks must call it) and returns a result record.
 
-    Record: {"results": {key: float}, "metric": name, "total_time": seconds, "total_time_str": str,
-    "num_gpus": int}. All ranks return the same results.
+    Record: {"results": {key: float}, "metric": name, ["variant": DS definition,] "total_time": seconds,
+    "total_time_str": str, "num_gpus": int}. All ranks return the same results.
     """
     spec = get_metric(name)
     start = time.time()
@@ -124,6 +146,7 @@ def calc_metric(name: str, ctx: MetricContext) -> dict:
     return {
         "results": results,
         "metric": name,
+        **({"variant": spec.variant} if spec.variant is not None else {}),
         "total_time": total_time,
         "total_time_str": format_time(total_time),
         "num_gpus": ctx.num_gpus,

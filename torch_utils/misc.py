@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from torch_utils.errors import UserError
@@ -36,3 +37,19 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if index >= torch.cuda.device_count():
         raise UserError(f"CUDA device {index} was requested but only {torch.cuda.device_count()} are visible")
     return torch.device("cuda", index)
+
+
+def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """The one float -> uint8 quantiser of every PNG the project writes (training grids, generate.py, tools).
+
+        u = clip(floor(x * s + (1/2 - lo * s)), 0, 255),   s = 255 / (hi - lo)      (round half up; lo -> 0, hi -> 255)
+
+    in float32, so that for drange (-1, 1) it is bit for bit StyleGAN2's `(x * 127.5 + 128).clamp(0, 255).to(uint8)`.
+    Any layout; returns a numpy uint8 array of the same shape.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().float().cpu().numpy()
+    lo, hi = drange
+    scale = 255 / (hi - lo)
+    scaled = np.asarray(images, dtype=np.float32) * np.float32(scale) + np.float32(0.5 - lo * scale)
+    return np.floor(scaled).clip(0, 255).astype(np.uint8)

@@ -73,12 +73,12 @@ class RenderEncoder(nn.Module):
 
     def __init__(
         self,
-        img_resolution: int,
-        rep_channels: int = REP_CHANNELS,
-        channel_base: int = 16384,
+        img_resolution: int,                                  # R: size of rep and of the generated image
+        rep_channels: int = REP_CHANNELS,                     # 9: render r, albedo a, normals n (training/rep.py)
+        channel_base: int = 16384,                            # stage width at r = min(channel_base // r, channel_max)
         channel_max: int = 512,
-        feat_channels: int | dict[int, int] | None = None,
-        bottleneck_divisor: int = 4,
+        feat_channels: int | dict[int, int] | None = None,    # F_r channels of each injected map c (None = width)
+        bottleneck_divisor: int = 4,                          # residual bottleneck width = stage width // this
     ) -> None:
         super().__init__()
         self.img_resolution, self.rep_channels = img_resolution, rep_channels
@@ -105,9 +105,9 @@ class RenderEncoder(nn.Module):
         expected = (self.rep_channels, self.img_resolution, self.img_resolution)
         if rep.ndim != 4 or tuple(rep.shape[1:]) != expected:
             raise UserError(f"rep must have shape [N, {', '.join(map(str, expected))}], got {tuple(rep.shape)}")
-        x, feats_per_stage = rep.to(self.b4.transition.weight.dtype), []  # float32 unless the module was cast
-        for res in self.resolutions:
-            x, stage_feats = getattr(self, f"b{res}")(x)
+        x, feats_per_stage = rep.to(self.b4.transition.weight.dtype), []  # [N, 9, R, R]; float32 unless cast
+        for res in self.resolutions:  # R, R/2, ..., 4
+            x, stage_feats = getattr(self, f"b{res}")(x)  # x [N, width_r, r, r]; feats [N, F_r, r/2 | r, ...]
             feats_per_stage.append(stage_feats)
         # Stages run high -> low resolution; the synthesis consumes low -> high (c_{n-i} feeds layer i, eq. 7).
-        return [f for stage_feats in reversed(feats_per_stage) for f in stage_feats]
+        return [f for stage_feats in reversed(feats_per_stage) for f in stage_feats]  # 2 log2(R) - 3 maps

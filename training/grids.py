@@ -6,13 +6,12 @@ import numpy as np
 import PIL.Image
 import torch
 
+from torch_utils.misc import quantize_uint8
+
 
 def save_image_grid(images: np.ndarray | torch.Tensor, path: str, grid_w: int, drange=(-1, 1)) -> None:
     """Tile images [N, C, H, W] (N = grid_w * rows, row-major) into one PNG; drange maps to 0..255."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().float().cpu().numpy()
-    lo, hi = drange
-    images = np.rint((np.asarray(images, dtype=np.float32) - lo) * (255 / (hi - lo))).clip(0, 255).astype(np.uint8)
+    images = quantize_uint8(images, drange)
     n, c, h, w = images.shape
     grid_h = n // grid_w
     images = images[: grid_w * grid_h].reshape(grid_h, grid_w, c, h, w).transpose(0, 3, 1, 4, 2)

@@ -36,8 +36,8 @@ class GANLoss:
         if self.style_mixing_prob > 0 and torch.rand([]).item() < self.style_mixing_prob:
             cutoff = int(torch.randint(1, ws.shape[1], []).item())
             ws[:, cutoff:] = self.G.mapping(torch.randn_like(z), update_emas=False)[:, cutoff:]
-        feats = self.G.features(rep) if rep is not None else None
-        return self.G.synthesis(ws, feats=feats)
+        feats = self.G.features(rep) if rep is not None else None  # E(rep(p)), one map per synthesis conv layer
+        return self.G.synthesis(ws, feats=feats)  # feats enter networks.SynthesisLayer.forward (eq. 7)
 
     def accumulate_gradients(self, phase: str, real_img: torch.Tensor, gen_z: torch.Tensor,
                              gen_rep: torch.Tensor | None, alpha: float, gain: float) -> None:

@@ -14,7 +14,7 @@ def run_snapshot_metrics(config: TrainConfig, G_ema: torch.nn.Module, dataset, r
                          consistency: torch.nn.Module | None, recon_path: str | None, run_dir: str, kimg_tag: str,
                          device: torch.device, rank: int, world_size: int) -> None:
     """Evaluate every metric in config.metrics and append results to run_dir/metric-<name>.jsonl (rank 0 writes)."""
-    from metrics.registry import MetricContext, calc_metric, report_metric
+    from metrics.registry import MetricContext, calc_metric, plan_evaluation, report_metric
 
     # Metrics draw their own seeds (and building an FR initialises weights); fork the global RNG so that training
     # continues as if they had not run (keeps resumed runs identical to uninterrupted ones).
@@ -33,7 +33,8 @@ def run_snapshot_metrics(config: TrainConfig, G_ema: torch.nn.Module, dataset, r
             G=G_ema, dataset=dataset, p_bank=dataset.labels if config.cond else None, reconstructor=reconstructor,
             make_rep=functools.partial(make_rep, renderer, size=dataset.resolution) if renderer is not None else None,
             device=device, rank=rank, num_gpus=world_size, batch_size=config.batch_gpu or config.batch // world_size,
-            num_workers=config.workers, seed=config.seed)
+            num_workers=config.workers, seed=config.seed, log=print)
+        plan_evaluation(list(config.metrics), ctx)  # FID + KID together share their real and generated passes
         for name in config.metrics:
             result = calc_metric(name, ctx)
             if rank == 0:

@@ -80,16 +80,16 @@ class SynthesisLayer(nn.Module):
 
     def __init__(
         self,
-        in_channels: int,
-        out_channels: int,
-        w_dim: int,
-        resolution: int,
-        kernel_size: int = 3,
-        up: int = 1,
-        use_noise: bool = True,
-        activation: str = "lrelu",
-        conv_clamp: float | None = None,
-        feat_channels: int = 0,
+        in_channels: int,                # channels of x coming from the previous layer (each gets a style from w)
+        out_channels: int,               # channels produced
+        w_dim: int,                      # width of the w that drives this layer's styles
+        resolution: int,                 # output size r (and of the noise map)
+        kernel_size: int = 3,            # conv kernel; padding keeps the size (before upsampling)
+        up: int = 1,                     # 2 for the first conv of a block: FIR-upsample q -> r inside the conv
+        use_noise: bool = True,          # per-pixel noise, one map shared by all channels, learned strength
+        activation: str = "lrelu",       # bias_act activation after the conv
+        conv_clamp: float | None = None,  # clamp pre-activations to +-conv_clamp (fp16 safety, StyleGAN2 paper256)
+        feat_channels: int = 0,          # F injected 3DMM feature channels (eq. 7), style fixed to 1; 0 = baseline
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.feat_channels = in_channels, out_channels, feat_channels
@@ -115,14 +115,15 @@ class SynthesisLayer(nn.Module):
         fused_modconv: bool = True,
         gain: float = 1.0,
     ) -> torch.Tensor:
-        styles = self.affine(w)
+        styles = self.affine(w)  # [N, in]
         if self.feat_channels:
             if feat is None or feat.shape[1] != self.feat_channels:
                 raise UserError(
                     f"this layer needs feat with {self.feat_channels} channels (the injected 3DMM features)"
                 )
-            x = torch.cat([x, feat.to(x.dtype)], dim=1)
-            styles = torch.cat([styles, styles.new_ones([styles.shape[0], self.feat_channels])], dim=1)
+            # eq. 7: the injected features c enter here, concatenated to x, with style exactly 1.
+            x = torch.cat([x, feat.to(x.dtype)], dim=1)  # [N, in + F, q, q]
+            styles = torch.cat([styles, styles.new_ones([styles.shape[0], self.feat_channels])], dim=1)  # [N, in + F]
         noise = None
         if self.use_noise and noise_mode == "random":  # one map shared by all channels, fresh per sample
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
@@ -132,7 +133,7 @@ class SynthesisLayer(nn.Module):
         x = modulated_conv.modulated_conv2d(
             x, self.weight, styles, noise=noise, up=self.up, padding=self.padding, resample_filter=self.resample_filter,
             flip_weight=(self.up == 1), fused_modconv=fused_modconv,
-        )  # fmt: skip
+        )  # fmt: skip  # [N, out, r, r]
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
 
@@ -283,17 +284,17 @@ class SynthesisNetwork(nn.Module):
             raise UserError(f"ws has shape {tuple(ws.shape)}, expected [N, {self.num_ws}, {self.w_dim}]")
         if noise_mode not in ("random", "const", "none"):
             raise UserError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
-        self.check_feats(feats, ws.shape[0])
-        x = img = None
+        self.check_feats(feats, ws.shape[0])  # feats[i]: [N, feat_layer_channels[i], feat_resolutions[i] ** 2]
+        x = img = None  # x: [N, C_r, r, r] features, img: [N, 3, r, r] running RGB (skip architecture)
         w_idx = feat_idx = 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
-            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            block_ws = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)  # [N, num_conv + 1, w_dim]
             block_feats = [None] * block.num_conv if feats is None else feats[feat_idx : feat_idx + block.num_conv]
-            x, img = block(x, img, block_ws, block_feats, noise_mode, force_fp32, fused_modconv)
-            w_idx += block.num_conv
+            x, img = block(x, img, block_ws, block_feats, noise_mode, force_fp32, fused_modconv)  # [N, C, res, res]
+            w_idx += block.num_conv  # the block's ToRGB w is shared with the next block's conv0
             feat_idx += block.num_conv
-        return img
+        return img  # [N, img_channels, R, R]
 
 
 class Generator(nn.Module):
@@ -347,9 +348,10 @@ class Generator(nn.Module):
     ) -> torch.Tensor:
         if self.is_conditional and rep is None:
             raise UserError("this generator is 3DMM-conditional: pass rep [N, 9, R, R]")
-        feats = self.features(rep) if rep is not None else None
-        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)
-        return self.synthesis(ws, feats, noise_mode=noise_mode, force_fp32=force_fp32)
+        feats = self.features(rep) if rep is not None else None  # E(rep): one map per conv layer (encoder.py)
+        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)  # [N, num_ws, w_dim]
+        # The feats enter each conv layer in SynthesisLayer.forward (above), concatenated with style 1 (eq. 7).
+        return self.synthesis(ws, feats, noise_mode=noise_mode, force_fp32=force_fp32)  # [N, 3, R, R]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -26,18 +26,32 @@ def make_rep(p: torch.Tensor) -> torch.Tensor:
 
 
 class OracleGenerator(torch.nn.Module):
-    """Conditioned stand-in G: image code = rep code (+ leak * exp added to the first 64 id entries)."""
+    """Conditioned stand-in G: image code = rep code (+ leak * exp added to the first 64 id entries).
 
-    def __init__(self, leak: float = 0.0, z_dim: int = 4):
+    z_leak adds a z-dependent offset to the id code; noise_leak adds the per-pixel noise (torch.randn for
+    noise_mode="random", a fixed buffer for "const") to the id code and to the pixels after the code, like
+    StyleGAN's noise inputs. With either leak, DS sets only stay clean if z and noise are fixed within a set.
+    """
+
+    def __init__(self, leak: float = 0.0, z_dim: int = 4, z_leak: float = 0.0, noise_leak: float = 0.0):
         super().__init__()
         self.z_dim, self.img_resolution, self.is_conditional, self.leak = z_dim, RES, True, leak
-        self.register_buffer("wz", torch.randn(z_dim, 3 * RES * RES - 257, generator=torch.Generator().manual_seed(1)))
+        self.z_leak, self.noise_leak = z_leak, noise_leak
+        gen = torch.Generator().manual_seed(1)
+        self.register_buffer("wz", torch.randn(z_dim, 3 * RES * RES - 257, generator=gen))
+        self.register_buffer("wz_id", torch.randn(z_dim, 80, generator=gen))
+        self.register_buffer("noise_const", torch.randn(3 * RES * RES, generator=gen))
 
     def forward(self, z, rep=None, truncation_psi=1, noise_mode="const"):
         flat = rep.flatten(1)[:, : 3 * RES * RES].clone()
         ids, exps = COEFF_SLICES["id"], COEFF_SLICES["exp"]
         flat[:, ids.start : ids.start + 64] += self.leak * flat[:, exps]
+        flat[:, ids] += self.z_leak * torch.tanh(z @ self.wz_id)
         flat[:, 257:] = torch.tanh(z @ self.wz) * 0.9
+        if self.noise_leak:
+            noise = torch.randn(flat.shape) if noise_mode == "random" else self.noise_const.expand_as(flat)
+            flat[:, ids] += self.noise_leak * noise[:, ids]
+            flat[:, 257:] += self.noise_leak * noise[:, 257:]
         return flat.reshape(-1, 3, RES, RES)
 
 
@@ -94,12 +108,13 @@ def standins():
 def make_ctx(tmp_path):
     """Builds a MetricContext over the stand-ins (random feature extractor, no workers, tmp cache)."""
 
-    def build(leak: float = 0.0, num_images: int = 40, fr_noise: float = 0.0, **overrides) -> MetricContext:
+    def build(leak: float = 0.0, num_images: int = 40, fr_noise: float = 0.0, z_leak: float = 0.0,
+              noise_leak: float = 0.0, **overrides) -> MetricContext:
         rng = np.random.default_rng(3)
         images = rng.integers(0, 256, size=(num_images, 3, RES, RES), dtype=np.uint8)
         bank = random_bank(64)
         kwargs = dict(
-            G=OracleGenerator(leak),
+            G=OracleGenerator(leak, z_leak=z_leak, noise_leak=noise_leak),
             dataset=ListDataset(images, bank[:num_images] if num_images <= 64 else random_bank(num_images)),
             p_bank=bank,
             reconstructor=OracleFR(fr_noise),

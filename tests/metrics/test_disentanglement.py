@@ -1,92 +1,79 @@
-"""DS: the formula against naive loops, the set sampler, and the generator-driven driver with oracle stand-ins."""
+"""DS driver: the set sampler, the generator-driven experiment with oracle stand-ins, and what a set holds fixed."""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import numpy as np
 import pytest
 
-from metrics.disentanglement import (
-    DS_FACTORS,
-    accumulate_ds_spreads,
-    compute_ds,
-    disentanglement_score,
-    factor_columns,
-    sample_ds_set,
-)
-
-# Columns of each factor written out by hand (id = shape + texture), independent of factor_columns().
-HAND_COLUMNS = {
-    "id": list(range(0, 80)) + list(range(144, 224)),
-    "exp": list(range(80, 144)),
-    "illum": list(range(227, 254)),
-    "angle": list(range(224, 227)),
-}
-
-
-def _naive_ds(estimated, p_bank):
-    names = list(HAND_COLUMNS)
-    p_mean = [sum(p_bank[m][c] for m in range(len(p_bank))) / len(p_bank) for c in range(257)]
-    norm = {j: math.sqrt(sum(p_mean[c] ** 2 for c in HAND_COLUMNS[j])) for j in names}
-    sigma = {}
-    for i in names:
-        sets = estimated[i]
-        for j in names:
-            cols = HAND_COLUMNS[j]
-            per_set = []
-            for s in sets:
-                mean = [sum(s[n][c] for n in range(len(s))) / len(s) for c in cols]
-                dists = [math.sqrt(sum((s[n][c] - mean[t]) ** 2 for t, c in enumerate(cols))) for n in range(len(s))]
-                per_set.append(sum(dists) / len(dists))
-            sigma[i, j] = sum(per_set) / len(per_set) / norm[j]
-    return {i: math.prod(sigma[i, i] / (sigma[i, j] + 1e-8) for j in names if j != i) for i in names}
-
-
-def test_factor_columns_match_the_documented_layout():
-    for name, cols in HAND_COLUMNS.items():
-        assert factor_columns(name).tolist() == cols
-
-
-def test_disentanglement_score_matches_naive_formula():
-    rng = np.random.default_rng(0)
-    p_bank = rng.standard_normal((20, 257)) + 0.5
-    estimated = {f: rng.standard_normal((3, 4, 257)) * rng.uniform(0.1, 2, 257) for f in DS_FACTORS}
-    got = disentanglement_score(estimated, p_bank)
-    for name, value in _naive_ds(estimated, p_bank).items():
-        assert got[f"ds_{name}"] == pytest.approx(value, rel=1e-9)
+from metrics.context import run_generator
+from metrics.disentanglement import accumulate_ds_spreads, compute_ds, sample_ds_set
+from metrics.ds_variants import DS_FACTORS, DS_VARIANTS, disentanglement_score, group_columns
 
 
 def test_sampled_set_varies_only_the_chosen_factor():
     bank = np.random.default_rng(1).standard_normal((50, 257)).astype(np.float32)
     for name in DS_FACTORS:
         p, z = sample_ds_set(bank, name, set_index=7, samples_per_set=6, z_dim=3, seed=2)
-        varied = factor_columns(name)
+        varied = group_columns(DS_FACTORS[name])
         fixed = np.setdiff1d(np.arange(257), varied)
         assert (p[:, fixed] == p[:1, fixed]).all()  # all other factors (and trans) from one real vector
         assert (p[:, varied].std(axis=0) > 0).any()
         assert any((bank[:, fixed] == p[0, fixed]).all(axis=1))  # fixed part is a real bank row
+        assert all(any((bank[:, varied] == row).all(axis=1)) for row in p[:, varied])  # varied part: real rows
         again, z_again = sample_ds_set(bank, name, set_index=7, samples_per_set=6, z_dim=3, seed=2)
         np.testing.assert_array_equal(again, p)
         np.testing.assert_array_equal(z_again, z)
 
 
-def test_driver_equals_formula_on_the_sampled_sets_for_an_oracle_pipeline(make_ctx):
+@pytest.mark.parametrize("variant", list(DS_VARIANTS))
+def test_driver_equals_the_definition_on_the_sampled_sets_for_an_oracle_pipeline(make_ctx, variant):
     ctx = make_ctx(batch_size=7)
-    names = list(DS_FACTORS)
+    spec = DS_VARIANTS[variant]
     estimated = {
-        f: np.stack([sample_ds_set(ctx.p_bank, f, k, 4, ctx.G.z_dim, ctx.seed)[0] for k in range(5)]) for f in names
+        f: np.stack([sample_ds_set(ctx.p_bank, f, k, 4, ctx.G.z_dim, ctx.seed)[0] for k in range(5)])
+        for f in spec.factors
     }
-    expected = disentanglement_score(estimated, ctx.p_bank)
-    got = compute_ds(ctx, num_sets=5, samples_per_set=4, quantize=False)
+    expected = disentanglement_score(estimated, ctx.p_bank, spec)
+    got = compute_ds(ctx, num_sets=5, samples_per_set=4, quantize=False, variant=variant)
+    assert set(got) == set(expected)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_variants_share_the_images_of_a_factor(make_ctx):
+    # cGOF's factors are a subset of the paper's: its exp row, measured on the same sets, has the same spreads
+    # under the paper's statistic (the sets, z and images do not depend on the variant).
+    paper = accumulate_ds_spreads(make_ctx(fr_noise=0.01), 4, 3, variant=DS_VARIANTS["paper"])
+    cgof_with_paper_spread = dataclasses.replace(DS_VARIANTS["cgof"], spread=DS_VARIANTS["paper"].spread)
+    cgof_sets_paper_stat = accumulate_ds_spreads(make_ctx(fr_noise=0.01), 4, 3, variant=cgof_with_paper_spread)
+    # Rows/cols of cGOF (id, exp, angle) in the paper's order (id, exp, illum, angle); id is 80-d there.
+    np.testing.assert_allclose(cgof_sets_paper_stat[1, 1], paper[1, 1], rtol=1e-12)
+    np.testing.assert_allclose(cgof_sets_paper_stat[2, 2], paper[3, 3], rtol=1e-12)
 
 
 def test_simulated_ranks_sum_to_the_single_rank_spreads(make_ctx):
     single = accumulate_ds_spreads(make_ctx(batch_size=8), num_sets=5, samples_per_set=3)
     parts = [accumulate_ds_spreads(make_ctx(batch_size=4, rank=r, num_gpus=2), 5, 3) for r in range(2)]
     np.testing.assert_allclose(parts[0] + parts[1], single, rtol=1e-6)
+
+
+@pytest.mark.parametrize("leak", [{"z_leak": 0.5}, {"noise_leak": 0.5}])
+@pytest.mark.parametrize("variant", list(DS_VARIANTS))
+def test_z_and_noise_are_fixed_within_a_set(make_ctx, leak, variant):
+    # The stand-in writes z (or the noise) into the identity code. With an exact FR, varying exp moves the
+    # estimated identity only if z / noise change inside a set: the spread of id must be exactly 0.
+    ctx = make_ctx(**leak)
+    result = compute_ds(ctx, num_sets=4, samples_per_set=5, quantize=False, variant=variant)
+    assert result["sigma_exp_id"] == 0.0 and result["sigma_angle_id"] == 0.0
+    assert result["sigma_exp_exp"] > 0
+    # Control: the same generator with z / noise resampled per image does move the identity.
+    z = np.random.default_rng(0).standard_normal((5, ctx.G.z_dim)).astype(np.float32)
+    p = np.repeat(ctx.p_bank[:1], 5, axis=0)
+    img = run_generator(ctx, z, p, noise_mode="random")
+    id_codes = ctx.reconstructor(img).detach().numpy()[:, :80]
+    assert id_codes.std(axis=0).max() > 1e-3
 
 
 def test_leaky_generator_scores_lower_on_the_leaking_factor(make_ctx):
@@ -101,6 +88,13 @@ def test_leaky_generator_scores_lower_on_the_leaking_factor(make_ctx):
     # A perfect FR on a follower: nothing but the varied factor moves at all.
     exact = compute_ds(make_ctx(leak=0.0), num_sets=6, samples_per_set=5)
     assert exact["sigma_exp_id"] == 0.0 and exact["sigma_exp_exp"] > 0
+
+
+def test_ds_reports_progress_in_images(make_ctx):
+    seen = []
+    ctx = make_ctx(batch_size=10, progress=lambda done, total: seen.append((done, total)))
+    compute_ds(ctx, num_sets=3, samples_per_set=5, variant="cgof")
+    assert seen[-1] == (3 * 5 * 3, 3 * 5 * 3)  # 3 factors x 3 sets x 5 images
 
 
 def test_ds_rejects_unconditional_generators(make_ctx):

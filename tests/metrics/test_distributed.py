@@ -18,7 +18,7 @@ WORKER = textwrap.dedent(
     import numpy as np
     import torch
     import torch.distributed as dist
-    from metrics.context import all_reduce_sum, broadcast_flag
+    from metrics.context import all_reduce_sum, broadcast_flag, broadcast_scalar
     from metrics.feature_stats import FeatureStats
 
     rank, world, init_file, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -31,7 +31,10 @@ WORKER = textwrap.dedent(
     mu, cov = stats.mean_cov()
     flag = broadcast_flag(rank == 0, cpu)
     total = all_reduce_sum(np.array([rank + 1.0]), cpu)
-    np.savez(out, mu=mu, cov=cov, feats=stats.features(), n=stats.n, flag=flag, total=total)
+    feats = stats.features() if rank == 0 else np.zeros((0, 5), np.float32)
+    scalar = broadcast_scalar(7.5 if rank == 0 else None, cpu)
+    np.savez(out, mu=mu, cov=cov, feats=feats, n=stats.n, flag=flag, total=total, scalar=scalar,
+             elsewhere=stats.features_on_rank0)
     dist.barrier()
     dist.destroy_process_group()
     """
@@ -50,10 +53,12 @@ def test_two_gloo_ranks_reduce_to_the_one_shot_statistics(tmp_path):
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     x = np.random.default_rng(0).standard_normal((23, 5)) * 3 + 2
-    for out in outs:
+    for rank, out in enumerate(outs):
         got = np.load(out)
-        assert int(got["n"]) == 23 and bool(got["flag"]) and got["total"][0] == 3.0
+        assert int(got["n"]) == 23 and bool(got["flag"]) and got["total"][0] == 3.0 and float(got["scalar"]) == 7.5
         np.testing.assert_allclose(got["mu"], x.mean(0), rtol=1e-12)
         np.testing.assert_allclose(got["cov"], np.cov(x, rowvar=False), rtol=1e-10)
-        # Gathered in rank order: rank 0's rows (0, 2, 4, ...) then rank 1's (1, 3, ...).
-        np.testing.assert_array_equal(got["feats"], np.concatenate([x[0::2], x[1::2]]).astype(np.float32))
+        assert bool(got["elsewhere"]) == (rank == 1)  # features are gathered on rank 0 only
+    # Gathered in rank order: rank 0's rows (0, 2, 4, ...) then rank 1's (1, 3, ...).
+    feats = np.load(outs[0])["feats"]
+    np.testing.assert_array_equal(feats, np.concatenate([x[0::2], x[1::2]]).astype(np.float32))

@@ -40,3 +40,17 @@ def test_calc_and_report_write_one_json_line_per_call(make_ctx, tmp_path):
 def test_smoke_fid_runs_end_to_end(make_ctx):
     result = calc_metric("fid1k", make_ctx(num_images=30, batch_size=250))
     assert result["results"]["fid"] > 0
+
+
+def test_every_ds_variant_is_registered_and_named_in_its_records(make_ctx, tmp_path):
+    expected = {"ds10k": "paper", "ds10k_cgof": "cgof", "ds10k_gancontrol": "gancontrol",
+                "ds100": "paper", "ds100_cgof": "cgof", "ds100_gancontrol": "gancontrol"}
+    for name, variant in expected.items():
+        assert get_metric(name).variant == variant and get_metric(name).needs_reconstructor
+    for name in ("ds100_cgof", "ds100_gancontrol"):
+        result = calc_metric(name, make_ctx(num_images=24, batch_size=50, fr_noise=0.01))
+        report_metric(result, str(tmp_path), "network-snapshot-000100.pt")
+        record = json.loads((tmp_path / f"metric-{name}.jsonl").read_text())
+        assert record["variant"] == expected[name]
+        assert ("ds_illum" in record["results"]) == (name != "ds100_cgof")  # cGOF has no illumination factor
+    assert "variant" not in calc_metric("fid1k", make_ctx(num_images=30, batch_size=250))
