@@ -137,7 +137,10 @@ def run_rank(rank: int, opts: MetricsOptions, init_file: str | None) -> None:
 
 
 @click.command(cls=Command)
-@click.option("--network", "network", type=click.Path(exists=True, dir_okay=False), help="Snapshot .pt (required)")
+@click.option(
+    "--network", "network", type=click.Path(exists=True, dir_okay=False),
+    help="Snapshot .pt or NVIDIA StyleGAN2 .pkl (required)",
+)
 @click.option("--metrics", default="fid50k_full", show_default=True, help="Comma-separated metric names")
 @click.option("--data", type=click.Path(exists=True), help="Dataset zip/folder [default: the snapshot's]")
 @click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1), help="Number of processes/GPUs")

@@ -79,7 +79,9 @@ class SeedList(click.ParamType):
 def common_options(fn: Callable) -> Callable:
     """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
     options = [
-        click.option("--network", required=True, help="network-snapshot-*.pt (or training-state-*.pt)"),
+        click.option(
+            "--network", required=True, help="network-snapshot-*.pt, training-state-*.pt or an NVIDIA StyleGAN2 .pkl"
+        ),
         click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
         click.option(
             "--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=float, help="Truncation psi"

@@ -5,6 +5,7 @@ Examples:
   python train.py --cfg paper256 --data ffhq256-3dmm.zip --bfm BFM/BFM_model_front.mat \\
       --recon-ckpt checkpoints/epoch_20.pth --gpus 8 --outdir runs   # the paper's FFHQ-256 run
   python train.py --resume latest --outdir runs                   # continue the newest run where it stopped
+  python train.py --cfg paper256 ... --init-from stylegan2-ffhq-256.pkl   # new run from NVIDIA's pretrained G/D
   torchrun --nnodes 2 --nproc-per-node 8 ... train.py --cfg paper256 ...   # several nodes
 """
 
@@ -106,6 +107,8 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     if flags.get("metrics") is not None:
         flags["metrics"] = [] if flags["metrics"] == "none" else [m for m in flags["metrics"].split(",") if m]
     outdir, desc = flags.pop("outdir"), flags.pop("desc")
+    if resume is not None and flags.get("init_from") is not None:
+        raise UserError("--init-from starts a new run from pretrained weights, --resume continues a run: pass one")
     resume_state = None
     if resume is not None:
         resume_state = snapshot.resolve_resume(resume, outdir)
@@ -126,6 +129,10 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
         config = resolve_config(cfg, flags)
         config.outdir = outdir
         data_path = prepare_assets(config)
+        if config.init_from is not None:  # read it now: a missing, refused or generator-less file fails early
+            from training.init_from import read_init_source
+
+            read_init_source(config.init_from)
         data_name = os.path.splitext(os.path.basename(data_path.rstrip("/")))[0]
         parts = [config.cfg, data_name, f"gpus{config.gpus}", f"batch{config.batch}", f"gamma{config.gamma:g}"]
         parts += ["nocond"] if not config.cond else []
@@ -171,6 +178,8 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
 @click.option("--render-backend", "render_backend", type=click.Choice(["auto", "torch", "nvdiffrast"]))
 @click.option("--metrics", help="Comma-separated metrics at each snapshot, or 'none'", type=str)
 @click.option("--resume", help="Continue a run: training-state .pt, run directory, or 'latest'", type=str)
+@click.option("--init-from", "init_from", type=str,
+              help="New run from pretrained G/D/G_ema: NVIDIA StyleGAN2 .pkl, network snapshot or training state")
 @click.option("--desc", help="Extra text in the run directory name", type=str)
 @click.option("--device", help="auto | cuda | cpu", type=click.Choice(["auto", "cuda", "cpu"]))
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and exit")

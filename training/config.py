@@ -34,6 +34,7 @@ class TrainConfig:
     xflip: bool = False                    # off: mirroring images would contradict their 3DMM labels
     metrics: list[str] = dataclasses.field(default_factory=list)
     resume: str | None = None
+    init_from: str | None = None           # new run from pretrained weights: NVIDIA .pkl / snapshot / training state
     device: str = "auto"                   # auto | cuda | cpu
     # Backbone (paper appendix A: StyleGAN2 paper256 with mapping depth 2, z_dim 64).
     z_dim: int = 64
@@ -110,7 +111,7 @@ def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
     values.update(load_preset(cfg))
     values.update({k: v for k, v in overrides.items() if v is not None})
     values["cfg"] = os.path.splitext(os.path.basename(cfg))[0]
-    for key in ("data", "bfm", "recon_ckpt"):  # absolute, so resume/metrics/generate work from any directory
+    for key in ("data", "bfm", "recon_ckpt", "init_from"):  # absolute: resume/metrics/generate work from any folder
         if values.get(key) is not None:
             values[key] = os.path.abspath(values[key])
     config = TrainConfig.from_dict(values)

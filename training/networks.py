@@ -100,7 +100,11 @@ class SynthesisLayer(nn.Module):
         self.act_gain = bias_act.activation_funcs[activation].def_gain
         # Styles only for the w-driven channels: the injected channels have no affine at all (eq. 7, s_c = 1).
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        self.weight = nn.Parameter(torch.randn([out_channels, in_channels + feat_channels, kernel_size, kernel_size]))
+        weight = torch.randn([out_channels, in_channels + feat_channels, kernel_size, kernel_size])
+        # Injected-feature columns start at zero: at step 0 the layer equals the plain StyleGAN2 layer (demodulation
+        # included), so a G initialised from unconditional weights reproduces their images for every rep.
+        weight[:, in_channels:] = 0
+        self.weight = nn.Parameter(weight)
         if use_noise:
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = nn.Parameter(torch.zeros([]))

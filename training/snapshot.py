@@ -79,10 +79,16 @@ def save_training_state(path: str, *, G: torch.nn.Module, D: torch.nn.Module, G_
 
 
 def load_network(path: str, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """Rebuild G_ema from a network snapshot or a training state: eval mode, requires_grad off, on `device`."""
+    """Rebuild G_ema from a network snapshot, a training state or an NVIDIA StyleGAN2 .pkl: eval mode,
+    requires_grad off, on `device`."""
     from training.networks import Generator
 
-    data = safe_load(path)
+    if path.lower().endswith(".pkl"):  # NVIDIA pickle: read as data by a restricted unpickler, never executed
+        from training.nvidia_pickle import read_nvidia_generator
+
+        data = dict(zip(("G_kwargs", "G_ema"), read_nvidia_generator(path)))
+    else:
+        data = safe_load(path)
     G = Generator(**data["G_kwargs"])
     G.load_state_dict(data["G_ema"])
     G.eval().requires_grad_(False)

@@ -21,6 +21,7 @@ from training.config import TrainConfig
 from training.consistency import ConsistencyLoss, blend_alpha
 from training.dataset import ImageLabelDataset, make_loader
 from training.grids import generate_grid, grid_size, save_image_grid
+from training.init_from import init_networks
 from training.loss import GANLoss
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
@@ -63,6 +64,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     G = Generator(**G_kwargs).train().requires_grad_(False).to(device)
     D = Discriminator(**D_kwargs).train().requires_grad_(False).to(device)
     G_ema = copy.deepcopy(G).eval()
+    if config.init_from is not None and resume_state is None:  # new run from pretrained weights; counters at 0
+        init_networks(config.init_from, G, D, G_ema, log=lambda message: _log(rank, message))
     if config.channels_last:
         fast_paths.apply_channels_last(G, D, G_ema)
 

@@ -43,6 +43,9 @@ def _make_snapshot(folder: str, conditional: bool, assets: dict) -> str:
         for name, param in G.named_parameters():
             if name.endswith("noise_strength"):
                 param.fill_(0.5)
+        for layer in G.synthesis.modules():  # trained injected-feature columns (they start at zero)
+            if getattr(layer, "feat_channels", 0) and hasattr(layer, "in_channels"):
+                layer.weight[:, layer.in_channels :].normal_()
         G.mapping.w_avg.normal_()
     config = dict(assets, cond=conditional, render_backend="torch", recon_backbone=None)
     path = os.path.join(folder, f"network-{'cond' if conditional else 'uncond'}.pt")

@@ -26,10 +26,14 @@ TINY_ENC = dict(channel_base=64, channel_max=8, feat_channels=3)
 
 def tiny_generator(res: int = 16, conditional: bool = True) -> Generator:
     torch.manual_seed(0)
-    return Generator(
+    G = Generator(
         z_dim=8, w_dim=16, img_resolution=res, mapping_kwargs=dict(num_layers=2), synthesis_kwargs=TINY_SYN,
         encoder_kwargs=TINY_ENC if conditional else None,
     )  # fmt: skip
+    for layer in G.synthesis.modules():  # trained injected-feature columns (they start at zero)
+        if isinstance(layer, SynthesisLayer) and layer.feat_channels:
+            layer.weight.data[:, layer.in_channels :].normal_()
+    return G
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -220,6 +224,7 @@ def seam_layer(**kwargs) -> SynthesisLayer:
     layer = SynthesisLayer(3, 4, w_dim=8, resolution=5, feat_channels=2, use_noise=False, **kwargs)
     layer.affine.weight.data.normal_()
     layer.affine.bias.data.uniform_(0.2, 2.0)  # make styles clearly different from 1 per channel
+    layer.weight.data[:, 3:].normal_()  # trained injected-feature columns (they start at zero)
     return layer
 
 
