@@ -6,7 +6,10 @@ Examples:
     python generate.py resample-z --network snap.pt --outdir out --seeds 0-3 --z-seeds 100-106         # fig. 4
     python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
+    python generate.py studio     --network snap.pt --outdir out --port 7860          # sliders in a browser
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
+    python generate.py invert     --network snap.pt --outdir inv --images photos/                     # real photos
+    python generate.py edit       --network snap.pt --outdir inv --latent inv/me-latent.npz --attr angle
     python generate.py feature-derivatives --network snap.pt --outdir out --seeds 0                   # fig. 2
 
 p comes from a bank: the labels of the snapshot's training dataset (or --data), or a .npy [M, 257] (--p-bank);
@@ -217,7 +220,7 @@ def resample_p(opts: Options, seeds: list[int], p_seeds: list[int]) -> None:
 @click.option("--images", "images_dir", required=True, help="Folder of reference photos (aligned crops, or raw "
               "photos with --landmarks)")  # fmt: skip
 @click.option("--landmarks", is_flag=True, help="Align raw photos with <name>.txt (or detections/<name>.txt) "
-              "landmarks, 5 or 68 'x y' rows, y-down pixels")  # fmt: skip
+              "landmarks, 5 or 68 'x y' rows, y-down pixels; detected (faces extra) where there is none")  # fmt: skip
 @click.option("--seeds", type=SeedList(), default="0-3", show_default=True, help="Rows: generated identities")
 @click.option("--recon-ckpt", help="FR checkpoint (epoch_20.pth layout) [default: the snapshot's]")
 def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int], recon_ckpt: str | None) -> None:
@@ -230,7 +233,8 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
     ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
                           progress=opts.verbose, log=lambda msg: _log(opts, msg)).recon_ckpt  # fmt: skip
     fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
-    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks)
+    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: _log(opts, m),
+                                                 opts.outdir)  # fmt: skip
     _log(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
     ref_p = cg.reconstruct(fr, ref_images, s.device, opts.batch)
     result = cg.reference_grid(s.sampler, seeds, s.bank, ref_images, ref_p, names)
@@ -304,6 +308,94 @@ def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | 
         PIL.Image.fromarray(maps_to_image(maps, cell)).save(path)
         sparsity = ", ".join(f"{k} {v:.3f}" for k, v in derivative_sparsity(maps).items())
         click.echo(f"{path}: active fraction {sparsity}")
+
+
+def open_fr(s: Session, recon_ckpt: str | None) -> torch.nn.Module:
+    """The snapshot's FR (or --recon-ckpt; the built-in synthetic FR for smoke snapshots) on the session device."""
+    from training.resolve import build_reconstructor, resolve_assets
+
+    ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
+                          progress=s.opts.verbose, log=lambda msg: _log(s.opts, msg)).recon_ckpt  # fmt: skip
+    return build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
+
+
+@cli.command(short_help="Invert real photos into (p, w, noise) of the generator.")
+@common_options
+@click.option("--images", "images_path", required=True, help="A photo or a folder of photos (raw; aligned here)")
+@click.option("--steps", default=500, show_default=True, type=int, help="Optimisation steps per photo")
+@click.option("--w-plus", is_flag=True, help="Optimise one w per layer (W+) instead of one w (W)")
+@click.option("--refine-p", is_flag=True, help="Also refine FR's p jointly (kept near FR's estimate)")
+@click.option("--vgg", type=click.Path(dir_okay=False), help="torchvision VGG-16 weights for a perceptual loss "
+              "[default: pixels + FR features, no extra weights]")  # fmt: skip
+@click.option("--recon-ckpt", help="FR checkpoint [default: the snapshot's]")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial noise maps")
+def invert(opts: Options, images_path: str, steps: int, w_plus: bool, refine_p: bool, vgg: str | None,
+           recon_ckpt: str | None, seed: int) -> None:  # fmt: skip
+    """Detect + align each photo, estimate p with FR, optimise w and the noise maps; print PSNR per photo."""
+    from dataprep.builder import sha256_file
+    from generation.inversion import InversionOptions
+    from generation.real_edit import invert_photos, list_photos
+
+    options = InversionOptions(steps=steps, w_plus=w_plus, refine_p=refine_p, seed=seed)
+    options.check()
+    paths = list_photos(images_path)
+    s = open_session(opts, "invert", needs_p=True)
+    fr = open_fr(s, recon_ckpt)
+    invert_photos(s.G, fr, s.sampler.renderer, paths, opts.outdir, options, opts.network,
+                  sha256_file(opts.network), vgg, log=click.echo, progress=opts.verbose)  # fmt: skip
+
+
+@cli.command(short_help="Edit one 3DMM group of an inverted photo.")
+@common_options
+@click.option("--latent", required=True, help="<stem>-latent.npz written by 'invert'")
+@click.option("--attr", required=True, type=click.Choice(["exp", "angle", "illum", "id"]), help="Group to edit")
+@click.option("--yaw", help="angle: yaw values in degrees, e.g. -30,-15,15,30 [default sweep]")
+@click.option("--pitch", help="angle: pitch values in degrees, e.g. -15,15")
+@click.option("--light-dir", multiple=True, help="illum: light direction x,y,z (x right, y up, z to the viewer; "
+              "repeatable) [default: left, right, top, bottom]")  # fmt: skip
+@click.option("--light-strength", default=0.5, show_default=True, type=float, help="illum: directional strength")
+@click.option("--scale", help="exp/id: multiply the group, e.g. 0,0.5,1.5,2 [exp default]")
+@click.option("--from-image", multiple=True, help="exp/id: take the group from this photo via FR (repeatable)")
+@click.option("--seeds", type=SeedList(), help="exp/id: take the group from p-bank rows of these seeds")
+@click.option("--recon-ckpt", help="FR checkpoint for --from-image [default: the snapshot's]")
+def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | None, light_dir: tuple[str, ...],
+         light_strength: float, scale: str | None, from_image: tuple[str, ...], seeds: list[int] | None,
+         recon_ckpt: str | None) -> None:  # fmt: skip
+    """A grid [target, reconstruction, edits]: only the chosen group of p changes; w and the noise maps stay."""
+    from dataprep.builder import sha256_file
+    from generation import real_edit
+    from generation.inversion import load_latent
+
+    s = open_session(opts, "edit", needs_p=True)
+    lat = load_latent(latent, s.G, sha256_file(opts.network))
+    photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt), s.G.img_resolution, opts.outdir)
+    edits, labels = real_edit.build_edits(lat.p, attr, yaw=yaw, pitch=pitch, light_dirs=light_dir,
+                                          light_strength=light_strength, scale=scale, seeds=seeds, bank=s.bank,
+                                          from_images=from_image, photo_p=photo_p)  # fmt: skip
+    result = real_edit.render_edits(s.G, s.sampler.renderer, lat, edits, attr, labels, opts.batch)
+    recon = real_edit.render_edits(s.G, s.sampler.renderer, lat, lat.p[None], attr, ["reconstruction"]).images[0]
+    stem = os.path.basename(latent).removesuffix(".npz").removesuffix("-latent")
+    path = real_edit.save_edit_grid(os.path.join(opts.outdir, f"{stem}-edit-{attr}.png"), lat.target, recon, result)
+    groups = ", ".join(result.changed) or "nothing (every edit equals the photo's p)"
+    click.echo(f"{path}: [target, reconstruction, {', '.join(labels)}]; changed only p[{groups}], w and noise kept")
+
+
+@cli.command(short_help="A browser editor: sliders for pose, expression, lighting, identity.")
+@common_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface)")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="Port of the page")
+@click.option("--recon-ckpt", help="FR checkpoint for the re-estimate view and photos [default: the snapshot's]")
+def studio(opts: Options, host: str, port: int, recon_ckpt: str | None) -> None:
+    """Serve a local web page that edits a face with sliders; saved edits (image, p, z) go to --outdir."""
+    from generation import studio as studio_app
+    from generation.studio_state import Studio
+
+    studio_app.import_gradio()  # the one-line install hint before any network is loaded
+    s = open_session(opts, "studio", needs_p=False)
+    fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.is_conditional else None
+    app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr)
+    _log(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
+    studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
 
 if __name__ == "__main__":

@@ -220,6 +220,10 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
                 json.dump(config.to_dict(), f, indent=2)
     distributed.barrier()
     launch(config, run_dir, resume_state)
+    from training import smoke_report
+
+    if smoke_report.applies(config) and smoke_report.is_main_process():  # the built-in world's evidence
+        smoke_report.write_run_report(config, run_dir, pick_device(config.device))
 
 
 if __name__ == "__main__":

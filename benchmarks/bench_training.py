@@ -53,6 +53,7 @@ def _random_dataset(path: str, resolution: int, num: int, seed: int = 0) -> None
 def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolution: int | None,
          cond: bool | None, bfm: str | None, recon_ckpt: str | None, render_backend: str) -> None:
     """Print one table row per measured tick and a summary line."""
+    from dataprep.builtin import builtin_recon_path
     from deep3drecon import assets
     from deep3drecon.recon_net import ReconNet, save_recon_net
     from torch_utils.misc import pick_device
@@ -71,7 +72,7 @@ def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolut
         if c.cond:
             c.bfm = bfm or str(assets.synthetic_face_model_path())
             if recon_ckpt is None and c.builtin_data is not None:
-                recon_ckpt = str(assets.synthetic_recon_path())  # the FR this preset really trains with
+                recon_ckpt = str(builtin_recon_path())  # the FR this preset really trains with
             elif recon_ckpt is None:
                 recon_ckpt = os.path.join(tmp, "fr.pth")  # the release's architecture: resnet50 at 224
                 save_recon_net(ReconNet(backbone="resnet50"), recon_ckpt)

@@ -250,6 +250,7 @@ class SourceItem:
     image_path: str
     landmarks: list[list[float]] | None = None
     landmarks_path: str | None = None
+    skip_reason: str | None = None  # set before decoding (e.g. the face detector found no face)
 
 
 def load_landmarks_txt(path: str | os.PathLike) -> np.ndarray:
@@ -281,10 +282,13 @@ def list_image_folder(source: str | os.PathLike, max_images: int | None = None) 
     if not paths:
         raise UserError(f"--source {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     paths = paths[:max_images] if max_images is not None else paths
-    return [
-        SourceItem(i, p.relative_to(root).as_posix(), str(p), landmarks_path=str(p.with_suffix(".txt")))
-        for i, p in enumerate(paths)
-    ]
+    items = []
+    for i, p in enumerate(paths):
+        # '<stem>.txt' (user-made) first, then '<stem>_landmarks.txt' (written by the detector on an earlier run).
+        detected = p.with_name(f"{p.stem}_landmarks.txt")
+        lm_path = detected if not p.with_suffix(".txt").is_file() and detected.is_file() else p.with_suffix(".txt")
+        items.append(SourceItem(i, p.relative_to(root).as_posix(), str(p), landmarks_path=str(lm_path)))
+    return items
 
 
 def list_ffhq(
@@ -359,6 +363,8 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
     """Decode one source photo, read its landmarks, align it at R and at FR's input size S (worker entry point)."""
     from deep3drecon.align import align_face  # lazy: keeps the worker import light
 
+    if item.skip_reason is not None:
+        return Skipped(item, item.skip_reason)
     try:
         if item.landmarks is not None:
             lm = check_landmarks(np.asarray(item.landmarks, dtype=np.float64))

@@ -12,14 +12,15 @@ has something to model:
 
 Distribution of p (radians for angle, decimetres for trans; N(0, s) truncated at 2.5 s; gamma as [3 colour, 9 SH]):
 
-    id [80]      N(0, 0.8)          identity in "standard deviation" units of the model's basis
-    exp [64]     N(0, 0.5)          expression
-    tex [80]     N(0, 0.8)          albedo
+    id [80]      N(0, 0.8) for the first ACTIVE["id"] = 6 (named components of deep3drecon.synthetic), 0 after
+    exp [64]     N(0, 0.8) for the first ACTIVE["exp"] = 4, 0 after; the first (mouth open) as |N(0, 0.8)|, since a
+                 negative jaw drop would push the lower lip into the upper one
+    tex [80]     N(0, 0.8) for the first ACTIVE["tex"] = 3, 0 after
     angle        pitch N(0, 0.12), yaw N(0, 0.35), roll N(0, 0.08)
     gamma        DC: b + N(0, 0.04) per colour, b ~ U(-0.1, 0.3) shared (brightness; 0.8 is added by the model);
                  bands 1-3: d + N(0, 0.03), d ~ N(0, 0.2) shared (light direction); bands 4-8: N(0, 0.08) shared
                  + N(0, 0.02) per colour
-    trans        tx, ty N(0, 0.06); tz N(0, 0.2)   (the aligned-photo regime: FR puts aligned faces near 0)
+    trans        tx, ty N(0, 0.12); tz N(0, 0.3)   (about 2 px of shift and 3% of scale at 32 px)
 
 Image i depends only on (seed, i): RNG streams are keyed by both, never by batch size or worker count.
 """
@@ -51,16 +52,17 @@ from dataprep.builder import (
     ordered_map,
     sha256_file,
 )
+from deep3drecon.synthetic import ACTIVE
 from torch_utils.misc import pick_device
 
 P_DISTRIBUTION: dict[str, str] = {
-    "id": "N(0, 0.8) truncated at 2.5 sigma",
-    "exp": "N(0, 0.5) truncated",
-    "tex": "N(0, 0.8) truncated",
+    "id": f"first {ACTIVE['id']}: N(0, 0.8) truncated at 2.5 sigma; others 0",
+    "exp": f"first {ACTIVE['exp']}: N(0, 0.8) truncated (mouth open |N(0, 0.8)|); others 0",
+    "tex": f"first {ACTIVE['tex']}: N(0, 0.8) truncated; others 0",
     "angle": "pitch N(0, 0.12), yaw N(0, 0.35), roll N(0, 0.08) rad, truncated",
     "gamma": "DC U(-0.1, 0.3) shared + N(0, 0.04)/colour; bands 1-3 N(0, 0.2) shared + N(0, 0.03); "
     "bands 4-8 N(0, 0.08) shared + N(0, 0.02)",
-    "trans": "tx, ty N(0, 0.06), tz N(0, 0.2) dm, truncated",
+    "trans": "tx, ty N(0, 0.12), tz N(0, 0.3) dm, truncated",
 }
 HAIR_COLOURS = np.array(
     [[20, 16, 14], [60, 40, 25], [110, 75, 40], [200, 165, 100], [150, 60, 30], [170, 170, 165], [235, 225, 200]],
@@ -80,14 +82,17 @@ def sample_coeffs(rng: np.random.Generator) -> np.ndarray:
     gamma[:, 0] = rng.uniform(-0.1, 0.3) + _trunc_normal(rng, 0.04, 3)
     gamma[:, 1:4] = _trunc_normal(rng, 0.2, 3)[None] + _trunc_normal(rng, 0.03, (3, 3))
     gamma[:, 4:9] = _trunc_normal(rng, 0.08, 5)[None] + _trunc_normal(rng, 0.02, (3, 5))
+    active = lambda n, k: (np.arange(n) < k).astype(np.float64)  # noqa: E731 (the world's truncated prior)
+    exp = _trunc_normal(rng, 0.8, 64) * active(64, ACTIVE["exp"])
+    exp[0] = abs(exp[0])
     p = np.concatenate(
         [
-            _trunc_normal(rng, 0.8, 80),
-            _trunc_normal(rng, 0.5, 64),
-            _trunc_normal(rng, 0.8, 80),
+            _trunc_normal(rng, 0.8, 80) * active(80, ACTIVE["id"]),
+            exp,
+            _trunc_normal(rng, 0.8, 80) * active(80, ACTIVE["tex"]),
             _trunc_normal(rng, np.array([0.12, 0.35, 0.08]), 3),
             gamma.reshape(-1),  # channel-major [3, 9] as the model
-            _trunc_normal(rng, np.array([0.06, 0.06, 0.2]), 3),
+            _trunc_normal(rng, np.array([0.12, 0.12, 0.3]), 3),
         ]
     )
     return p.astype(np.float32)
@@ -247,6 +252,66 @@ def render_faces(
     return render, mask, landmarks
 
 
+def world_coeffs(count: int, seed: int) -> np.ndarray:
+    """Labels float32 [count, 257] of images 0..count-1 of the synthetic world with this seed."""
+    return np.stack([sample_coeffs(image_rng(seed, i, 0)) for i in range(count)]) if count else np.zeros((0, 257))
+
+
+def _open_renderer(face_model_path: str | os.PathLike | None, device: str) -> tuple[Path, Any, Any]:
+    """(face model path, FaceModel, Renderer) on `device` (auto = CUDA if available); default: the synthetic model."""
+    from deep3drecon.assets import synthetic_face_model_path
+    from deep3drecon.face_model import FaceModel
+    from deep3drecon.render import Renderer
+
+    fm_path = Path(face_model_path) if face_model_path is not None else synthetic_face_model_path()
+    dev = pick_device(device)
+    face_model = FaceModel.from_mat(fm_path).to(dev)
+    return fm_path, face_model, Renderer(face_model).to(dev)
+
+
+def _compose_only(job: SceneJob) -> tuple[int, np.ndarray]:
+    """Worker entry point: (index, composited image uint8 [R, R, 3])."""
+    return job.index, compose_scene(job)[0]
+
+
+def render_scene_arrays(
+    count: int,
+    resolution: int,
+    seed: int,
+    progress: bool = True,
+    *,
+    face_model_path: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images 0..count-1 of the world `seed` in memory (what build_synthetic_dataset would write, unencoded).
+
+    -> (scenes uint8 [N, R, R, 3], bare renders uint8 [N, R, R, 3] (black outside the face), labels float32 [N, 257]).
+    Used to train the synthetic FR on the same world the built-in dataset shows.
+    """
+    from tqdm import tqdm
+
+    _, face_model, renderer = _open_renderer(face_model_path, device)
+    coeffs = world_coeffs(count, seed).astype(np.float32)
+    scenes = np.zeros((count, resolution, resolution, 3), np.uint8)
+    renders = np.zeros_like(scenes)
+
+    def jobs():
+        for b in range(0, count, batch_size):
+            render, mask, landmarks = render_faces(renderer, face_model, coeffs[b : b + batch_size], resolution)
+            renders[b : b + render.shape[0]] = render * mask[..., None]
+            for k in range(render.shape[0]):
+                yield SceneJob(render[k], mask[k], landmarks[k], seed, b + k)
+
+    workers = default_workers() if workers is None else workers
+    with tqdm(total=count, unit="img", disable=not progress, desc=f"  rendering scenes (seed {seed})") as bar:
+        for index, image in ordered_map(_compose_only, jobs(), workers, max_inflight=2 * batch_size):
+            scenes[index] = image
+            bar.update(1)
+    return scenes, renders, coeffs
+
+
 def build_synthetic_dataset(
     dest: str | os.PathLike,
     count: int,
@@ -266,15 +331,8 @@ def build_synthetic_dataset(
     """
     from tqdm import tqdm
 
-    from deep3drecon.assets import synthetic_face_model_path
-    from deep3drecon.face_model import FaceModel
-    from deep3drecon.render import Renderer
-
-    fm_path = Path(face_model_path) if face_model_path is not None else synthetic_face_model_path()
-    dev = pick_device(device)
-    face_model = FaceModel.from_mat(fm_path).to(dev)
-    renderer = Renderer(face_model).to(dev)
-    coeffs = np.stack([sample_coeffs(image_rng(seed, i, 0)) for i in range(count)]) if count else np.zeros((0, 257))
+    fm_path, face_model, renderer = _open_renderer(face_model_path, device)
+    coeffs = world_coeffs(count, seed)
     workers = default_workers() if workers is None else workers
     start = time.time()
 

@@ -3,16 +3,20 @@
 Real assets cannot be redistributed (BFM licence) or are hosted on Google Drive (epoch_20.pth), so the project
 never downloads them: `resolve_bfm` / `resolve_recon_checkpoint` check a user path and explain in one line where to
 obtain the file. Generated stand-ins (a synthetic face model with the BFM file layout and a small FR trained on its
-renders) live in `cache_dir()` and are built once, atomically, on first use.
+renders) live in `cache_dir()` and are built once, atomically and under a file lock (`cached_build`), on first use.
 
 `python -m deep3drecon.assets [--bfm PATH] [--checkpoint PATH]` prints what is found.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
+import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,11 @@ import click
 from tqdm import tqdm
 
 from torch_utils.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks (see _exclusive_lock)
+    fcntl = None
 
 BFM_FILENAME = "BFM_model_front.mat"
 RECON_FILENAME = "epoch_20.pth"
@@ -33,9 +42,10 @@ RECON_HELP = (
     "download the pretrained epoch_20.pth linked in the Deep3DFaceRecon_pytorch README "
     "(https://github.com/sicxu/Deep3DFaceRecon_pytorch#inference-with-a-pre-trained-model)"
 )
-SYNTHETIC_FR_BACKBONE = "resnet18"
-# Bump when the synthetic face model or the synthetic-FR recipe changes, so stale caches are not reused.
-SYNTHETIC_FR_VERSION = 1
+SYNTHETIC_FR_BACKBONE = "small"
+# Bump when the synthetic face model, its world or the synthetic-FR recipe changes, so stale caches (face model,
+# built-in dataset, FR: their names carry it) are not reused.
+SYNTHETIC_FR_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -98,44 +108,83 @@ def resolve_recon_checkpoint(path: str | os.PathLike | None = None) -> Path:
     return p
 
 
-def synthetic_face_model_path(seed: int = 0) -> Path:
-    """cache_dir()/synthetic_face_model_seed{seed}.mat in the BFM_model_front.mat layout, written once (atomic)."""
-    from deep3drecon.synthetic import write_synthetic_mat  # lazy: only needed when the file is missing
+@contextlib.contextmanager
+def _exclusive_lock(lock_path: Path, what: str, progress: bool) -> Iterator[None]:
+    """Hold an exclusive flock on lock_path; a second process waits here (saying so) until the first is done.
 
-    dest = cache_dir() / f"synthetic_face_model_seed{seed}.mat"
-    if dest.is_file():
+    The kernel drops a flock when its holder dies, so a lock left by a killed builder is recovered at once. The
+    holder removes the lock file on exit; a waiter that then wins the lock on the removed file notices (its inode is
+    no longer the path's) and locks the current file instead, so at most one process ever holds the lock. Where
+    fcntl is missing (Windows) there is no lock: concurrent builders then duplicate work, and the atomic rename
+    still leaves one complete file.
+    """
+    if fcntl is None:
+        yield
+        return
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"Waiting for another process that is building {what} ({lock_path}) ...", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the previous holder removed this file: lock the one now at lock_path
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def cached_build(dest: Path, build: Callable[[Path], object], what: str, progress: bool = True) -> Path:
+    """dest, made once by build(tmp) + atomic rename, under a file lock so that one process builds at a time.
+
+    A process that finds dest being built waits for it and then uses the same file. build receives a temporary
+    path in dest's folder with dest's suffix and must write the asset there.
+    """
+    if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(dest, ".tmp.mat")  # ends in .mat so scipy's savemat keeps the name as given
-    try:
-        write_synthetic_mat(tmp, seed=seed)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _exclusive_lock(dest.with_name(f".{dest.name}.lock"), what, progress):
+        if dest.exists():  # built by the process we waited for
+            return dest
+        if progress:
+            print(f"Building {what} (once; cached at {dest}) ...", flush=True)
+        start = time.time()
+        tmp = _tmp_sibling(dest, ".tmp" + dest.suffix)  # keeps the suffix (scipy's savemat, zip writers need it)
+        try:
+            build(tmp)
+            os.replace(tmp, dest)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        if progress:
+            print(f"Built {what} in {time.time() - start:.0f} s; later runs reuse {dest}", flush=True)
     return dest
 
 
-def _synthetic_recon_file() -> Path:
-    """Cache location of the synthetic FR checkpoint (name carries backbone and recipe version)."""
+def synthetic_face_model_path(seed: int = 0, progress: bool = True) -> Path:
+    """cache_dir()/synthetic_face_model_v<version>_seed<seed>.mat in the BFM_model_front.mat layout, written once."""
+    from deep3drecon.synthetic import WORLD_GRID, write_synthetic_mat  # lazy: only needed when the file is missing
+
+    dest = cache_dir() / f"synthetic_face_model_v{SYNTHETIC_FR_VERSION}_seed{seed}.mat"
+    build = lambda tmp: write_synthetic_mat(tmp, seed=seed, grid=WORLD_GRID)  # noqa: E731
+    return cached_build(dest, build, "the synthetic face model", progress)
+
+
+def synthetic_recon_file() -> Path:
+    """Cache location of the synthetic FR checkpoint (name carries backbone and recipe version); built by
+    dataprep.builtin.builtin_recon_path."""
     return cache_dir() / f"synthetic_recon_{SYNTHETIC_FR_BACKBONE}_v{SYNTHETIC_FR_VERSION}.pth"
-
-
-def synthetic_recon_path(progress: bool = True) -> Path:
-    """Cached small FR trained on synthetic-face renders (deep3drecon.train_synthetic_fr defaults), built once.
-
-    First call trains it (a few CPU minutes) and saves it with save_recon_net; concurrent callers (e.g. several
-    ranks) may each train, but the atomic rename means readers only ever see a complete file.
-    """
-    from deep3drecon.train_synthetic_fr import SyntheticFRConfig, train_synthetic_fr
-
-    dest = _synthetic_recon_file()
-    if dest.is_file():
-        return dest
-    if progress:
-        print(f"Training the synthetic face reconstructor once (cached at {dest}) ...", flush=True)
-    cfg = SyntheticFRConfig(backbone=SYNTHETIC_FR_BACKBONE, face_model=str(synthetic_face_model_path()))
-    train_synthetic_fr(cfg, out=dest, progress=progress)
-    return dest
 
 
 @dataclass
@@ -158,8 +207,8 @@ def check_assets(
     """Report which face assets exist (real BFM/FR, generated stand-ins, optional nvdiffrast); never builds any."""
     bfm_path = Path(bfm).expanduser() if bfm is not None else cache_dir() / BFM_FILENAME
     ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else cache_dir() / RECON_FILENAME
-    synth_mat = cache_dir() / "synthetic_face_model_seed0.mat"
-    synth_fr = _synthetic_recon_file()
+    synth_mat = cache_dir() / f"synthetic_face_model_v{SYNTHETIC_FR_VERSION}_seed0.mat"
+    synth_fr = synthetic_recon_file()
     try:
         import nvdiffrast.torch as nvdr_module
 
@@ -171,7 +220,7 @@ def check_assets(
         AssetStatus("BFM face model", bfm_path, bfm_path.is_file(), "" if bfm_path.is_file() else BFM_HELP),
         AssetStatus("FR checkpoint", ckpt_path, ckpt_path.is_file(), "" if ckpt_path.is_file() else RECON_HELP),
         AssetStatus("synthetic face model", synth_mat, synth_mat.is_file(), "generated on first use"),
-        AssetStatus("synthetic FR", synth_fr, synth_fr.is_file(), "trained on first use (a few CPU minutes)"),
+        AssetStatus("synthetic FR", synth_fr, synth_fr.is_file(), "trained on first use (about 2 CPU minutes)"),
         AssetStatus("nvdiffrast", nvdr_path, nvdr, nvdr_note),
     ]
 

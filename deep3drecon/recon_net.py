@@ -1,8 +1,9 @@
 """The face-reconstruction (FR) network of Deep3DFaceRecon_pytorch and its checkpoint format.
 
-`ReconNet` reproduces the released R-Net: a torchvision ResNet trunk (ResNet-50 in the release; ResNet-18/34 for
-the small synthetic FR used in tests and smoke runs) followed by seven zero-initialised 1x1 convolution heads whose
-outputs, concatenated, form the 257 coefficients (id 80 | exp 64 | tex 80 | angle 3 | gamma 27 | tx,ty 2 | tz 1).
+`ReconNet` reproduces the released R-Net: a torchvision ResNet trunk (ResNet-50 in the release; ResNet-18/34 or
+the `SmallConvNet` trunk for the synthetic FRs of tests and smoke runs) followed by seven zero-initialised 1x1
+convolution heads whose outputs, concatenated, form the 257 coefficients
+(id 80 | exp 64 | tex 80 | angle 3 | gamma 27 | tx,ty 2 | tz 1).
 Module names match the release, so `state_dict()` keys are exactly those of `epoch_20.pth['net_recon']`:
 `backbone.conv1.weight`, ..., `backbone.layer4.2.bn3.num_batches_tracked`, `final_layers.0.weight`, ...
 (332 keys for ResNet-50, 230 for ResNet-34, 134 for ResNet-18; no `backbone.fc.*`).
@@ -19,6 +20,7 @@ import pickle
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -28,10 +30,41 @@ from torch_utils.errors import UserError
 HEAD_DIMS = FR_HEAD_DIMS  # head output sizes in release order: id, exp, tex, angle, gamma, (tx, ty), tz
 FR_INPUT_SIZE = 224  # the release's input resolution (aligned crop, RGB in [0, 1], no mean/std normalisation)
 
+
+
+class SmallConvNet(nn.Module):
+    """Small trunk for low-resolution synthetic FRs: img [N, 3, S, S] -> features [N, 1024].
+
+    Five 3x3 conv + BatchNorm + ReLU stages (16, 32, 64, 128, 256 channels; the last four with stride 2), about a
+    seventh of ResNet-18's multiply-adds at 32 px, then an average pool to 2 x 2 cells, flattened: keeping where
+    things are in the image helps the pose and translation heads. Not part of the release; its checkpoints use the
+    same layout (`backbone.*` + the seven heads) and are told apart by the key `backbone.stages.0.0.weight`.
+    """
+
+    WIDTHS = (16, 32, 64, 128, 256)
+    FEATURES = WIDTHS[-1] * 4
+
+    def __init__(self, weights: None = None) -> None:
+        super().__init__()
+        stages, cin = [], 3
+        for k, cout in enumerate(self.WIDTHS):
+            stride = 1 if k == 0 else 2
+            stages.append(nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                        nn.ReLU(inplace=True)))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Identity()  # ReconNet replaces `fc` as for the ResNets
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """img [N, 3, S, S] -> [N, 1024]."""
+        return self.fc(F.adaptive_avg_pool2d(self.stages(img), 2).flatten(1))
+
+
 _BACKBONES = {
     "resnet18": (torchvision.models.resnet18, 512),
     "resnet34": (torchvision.models.resnet34, 512),
     "resnet50": (torchvision.models.resnet50, 2048),
+    "small": (SmallConvNet, SmallConvNet.FEATURES),
 }
 
 
@@ -64,6 +97,8 @@ class ReconNet(nn.Module):
 
 def _infer_backbone(state: dict[str, torch.Tensor]) -> str:
     """Guess the trunk from state-dict keys: bottleneck blocks have conv3; ResNet-34 has a 3rd layer2 block."""
+    if "backbone.stages.0.0.weight" in state:
+        return "small"
     if "backbone.layer1.0.conv3.weight" in state:
         return "resnet50"
     if "backbone.layer2.2.conv1.weight" in state:
@@ -104,8 +139,9 @@ def _read_checkpoint(path: Path) -> dict:
 def load_recon_net(path: str | os.PathLike, backbone: str | None = None) -> ReconNet:
     """Load an `epoch_20.pth`-layout checkpoint strictly -> ReconNet in eval mode on the CPU.
 
-    backbone None infers resnet18/34/50 from the keys. Any missing, unexpected or shape-mismatched key raises a
-    UserError naming the keys; so does a corrupt/truncated file or one the safe loader refuses.
+    backbone None infers resnet18/34/50 (or the small trunk) from the keys. Any missing, unexpected or
+    shape-mismatched key raises a UserError naming the keys; so does a corrupt/truncated file or one the safe
+    loader refuses.
     """
     path = Path(path)
     ckpt = _read_checkpoint(path)

@@ -9,8 +9,11 @@ camera (distance 10, focal 1015 at 224) frames it like a real face and the 5-poi
 Geometry: a square grid (denser at the centre) mapped onto an egg-shaped front-face mask, lifted onto an
 ellipsoid height field with a nose, eye sockets and eyeballs, brow ridge, cheekbones, lips and chin. The bases are
 smooth displacement / colour fields: the first columns are interpretable (identity: face width, length, nose,
-jaw, ...; expression: mouth open, smile, eyes closed, brows, ...; albedo: skin tone, redness, lips, brows, iris),
-the remaining ones random smooth fields with decaying amplitude, mostly left/right symmetric.
+jaw, eye spacing, chin, ...; expression: mouth open, smile, eyes closed, brows raised, ...; albedo: skin tone,
+redness, lips, brows, ...), the remaining ones random smooth fields with decaying amplitude, mostly left/right
+symmetric. The first ACTIVE[group] columns are large enough to see at 32 px (identity moves outlines by 2-3 px per
+unit, the jaw drop opens the mouth by 3-4 px); they are the only ones the built-in world (dataprep.synthetic_scenes)
+varies, and all of them are left/right symmetric. The built-in world uses a WORLD_GRID x WORLD_GRID vertex grid.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import numpy as np
 import scipy.io
 
-__all__ = ["make_synthetic_model", "write_synthetic_mat", "LANDMARKS_68"]
+__all__ = ["ACTIVE", "WORLD_GRID", "make_synthetic_model", "write_synthetic_mat", "LANDMARKS_68"]
 
 # Mean-face 2-D positions (x, y) in dm of the 68 landmarks, standard iBUG order (0-based: jaw 0-16, brows
 # 17-26, nose 27-35, eyes 36-47, mouth 48-67). Eye corners and mouth corners are placed so that the 5-point
@@ -112,13 +115,13 @@ def _mean_albedo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np
     inner_mouth = _gauss(x, y, 0, _MOUTH_Y, 0.14, 0.012)
     brow_y = np.interp(np.abs(x), [0.14, 0.24, 0.34, 0.44, 0.52], [0.44, 0.47, 0.48, 0.46, 0.40])
     brow_w = (
-        _sigmoid((0.03 - np.abs(y - brow_y)) / 0.008)
+        _sigmoid((0.04 - np.abs(y - brow_y)) / 0.008)
         * _sigmoid((0.55 - np.abs(x)) / 0.02)
         * _sigmoid((np.abs(x) - 0.12) / 0.02)
     )
     eye_w, iris_w, pupil_w = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
     for cx, cy in _EYE_CENTRES:
-        r_eye = np.sqrt(((x - cx) / 0.12) ** 2 + ((y - cy) / 0.04) ** 2)
+        r_eye = np.sqrt(((x - cx) / 0.12) ** 2 + ((y - cy) / 0.055) ** 2)
         r_iris = np.hypot(x - cx, y - cy)
         eye_w += _sigmoid((1 - r_eye) / 0.12)
         iris_w += _sigmoid((0.045 - r_iris) / 0.006) * _sigmoid((1 - r_eye) / 0.12)
@@ -180,29 +183,37 @@ def _random_fields(
     return out
 
 
+# The built-in world draws only the first ACTIVE[g] columns of each basis (the named, clearly visible ones); the
+# remaining columns are small random fields that keep the file's BFM widths (80 / 64 / 80) and stay available to
+# callers who set them, like the tail of a PCA model that a truncated prior leaves at zero.
+ACTIVE: dict[str, int] = {"id": 6, "exp": 4, "tex": 3}
+# Vertex grid of the built-in world's model: 33 x 33 vertices resolve a 32-64 px face and rasterize 3x faster than
+# the default 65 x 65 (which tests keep for a BFM-like vertex count).
+WORLD_GRID = 33
+
+
 def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Identity displacement fields [V, 3, 80] in dm per unit coefficient ("one standard deviation")."""
+    """Identity displacement fields [V, 3, 80] in dm per unit coefficient ("one standard deviation").
+
+    The first ACTIVE["id"] move outlines by ~0.15-0.2 dm per unit, i.e. 2-3 px at 32 px (1 dm = 14.5 px there
+    at the release's camera) and 15-20 px at 224: face width, face length, nose, jaw, eye spacing, chin; then cheeks,
+    brow height, ...
+    """
     zero = np.zeros_like(x)
-    nose = _gauss(x, y, 0, -0.02, 0.09, 0.2)
+    nose = _gauss(x, y, 0, -0.02, 0.1, 0.2)
     jaw = _sigmoid((-0.3 - y) / 0.1)
+    eyes = _sym_gauss(x, y, 0.31, 0.29, 0.13, 0.1)
+    cheeks = _sym_gauss(x, y, 0.5, -0.15, 0.15, 0.2)
     named = [
-        np.stack([0.06 * x, zero, zero], 1),  # face width
-        np.stack([zero, 0.05 * (y - 0.05), zero], 1),  # face length
-        np.stack([zero, zero, 0.06 * nose], 1),  # nose prominence
-        np.stack([0.08 * x * jaw, zero, zero], 1),  # jaw width
-        np.stack([zero, zero, -0.03 * _sym_gauss(x, y, 0.31, 0.285, 0.12, 0.08)], 1),  # deep-set eyes
-        np.stack([zero, -0.02 * jaw, 0.04 * _gauss(x, y, 0, -0.8, 0.2, 0.15)], 1),  # chin
-        np.stack(
-            [
-                0.02 * np.sign(x) * _sym_gauss(x, y, 0.45, -0.1, 0.15, 0.15),
-                zero,
-                0.03 * _sym_gauss(x, y, 0.45, -0.1, 0.15, 0.15),
-            ],
-            1,
-        ),  # cheek fullness
-        np.stack([zero, -0.03 * _gauss(x, y, 0, -0.08, 0.1, 0.08), zero], 1),  # nose length
-        np.stack([zero, 0.01 * _gauss(x, y, 0, 0.44, 0.4, 0.06), 0.03 * _gauss(x, y, 0, 0.44, 0.4, 0.06)], 1),  # brow
-        np.stack([zero, zero, 0.025 * _gauss(x, y, 0, -0.39, 0.16, 0.07)], 1),  # lip fullness
+        np.stack([0.25 * x, zero, zero], 1),  # face width
+        np.stack([zero, 0.2 * (y - 0.05), zero], 1),  # face length
+        np.stack([0.9 * x * nose, -0.12 * nose * (y < 0.1), 0.18 * nose], 1),  # nose size (wide, long, prominent)
+        np.stack([0.35 * x * jaw, zero, zero], 1),  # jaw width
+        np.stack([0.15 * np.sign(x) * eyes, zero, zero], 1),  # eye spacing
+        np.stack([zero, -0.2 * jaw * _sigmoid((-0.55 - y) / 0.08), 0.05 * _gauss(x, y, 0, -0.8, 0.2, 0.15)], 1),
+        # ^ chin length
+        np.stack([0.12 * np.sign(x) * cheeks, zero, 0.05 * cheeks], 1),  # cheek fullness
+        np.stack([zero, 0.1 * _gauss(x, y, 0, 0.45, 0.5, 0.08), 0.02 * _gauss(x, y, 0, 0.44, 0.4, 0.06)], 1),  # brows
     ]
     rand = _random_fields(rng, x, y, 80 - len(named), 3, True, (0, 0), 0.4, (0.15, 0.45))
     amps = 0.03 * (1 + np.arange(rand.shape[0])) ** -0.7
@@ -211,29 +222,34 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
 
 
 def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Expression displacement fields [V, 3, 64] in dm per unit coefficient."""
+    """Expression displacement fields [V, 3, 64] in dm per unit coefficient.
+
+    The first ACTIVE["exp"]: mouth open (the jaw drops 0.25 dm = 3.6 px at 32 px), smile, eyes closed (fully at 1.6),
+    brows raised; then frown, pucker, ...
+    """
     zero = np.zeros_like(x)
     # Jaw drop: everything below the mouth line moves down/back; the mouth-line vertices move half way, which
     # opens a dark gap (their colour is the inner-mouth colour).
     below = _sigmoid((_MOUTH_Y - y) / 0.012) * np.exp(-0.5 * (x / 0.55) ** 4)
-    corners = _sym_gauss(x, y, 0.25, _MOUTH_Y, 0.08, 0.07)
+    corners = _sym_gauss(x, y, 0.25, _MOUTH_Y, 0.09, 0.08)
     side = np.sign(x)
     blink_dy = np.zeros_like(x)
     for cx, cy in _EYE_CENTRES:
-        # Closing: the eye region collapses onto a line just below the eye centre.
-        w = _gauss(x, y, cx, cy, 0.12, 0.05) * _sigmoid((y - cy + 0.03) / 0.01)
-        blink_dy += -0.9 * (y - (cy - 0.02)) * w
-    brows = _gauss(np.abs(x), y, 0.3, 0.46, 0.22, 0.07)
-    inner_brows = _sym_gauss(x, y, 0.17, 0.44, 0.08, 0.06)
+        # Closing: the eye region collapses onto a line just below the eye centre (fully closed at 1.6, flipped
+        # only past 2, which the world's truncated prior never reaches).
+        w = _gauss(x, y, cx, cy, 0.13, 0.07) * _sigmoid((y - cy + 0.03) / 0.01)
+        blink_dy += -0.5 * (y - (cy - 0.02)) * w
+    brows = _gauss(np.abs(x), y, 0.3, 0.47, 0.24, 0.09)
+    inner_brows = _sym_gauss(x, y, 0.17, 0.44, 0.1, 0.07)
     lips = _gauss(x, y, 0, _MOUTH_Y, 0.25, 0.09)
     cheeks = _sym_gauss(x, y, 0.36, -0.2, 0.12, 0.12)
     named = [
-        np.stack([zero, -0.1 * below, -0.03 * below], 1),  # mouth open
-        np.stack([0.025 * side * corners, 0.04 * corners + 0.015 * cheeks, 0.015 * cheeks], 1),  # smile
+        np.stack([zero, -0.25 * below, -0.05 * below], 1),  # mouth open
+        np.stack([0.1 * side * corners, 0.2 * corners + 0.03 * cheeks, 0.03 * cheeks], 1),  # smile
         np.stack([zero, blink_dy, zero], 1),  # eyes closed
-        np.stack([zero, 0.04 * brows, zero], 1),  # brows raised
-        np.stack([-0.02 * side * inner_brows, -0.025 * inner_brows, zero], 1),  # frown
-        np.stack([-0.05 * x * lips, zero, 0.03 * lips], 1),  # pucker
+        np.stack([zero, 0.2 * brows, zero], 1),  # brows raised
+        np.stack([-0.07 * side * inner_brows, -0.1 * inner_brows, zero], 1),  # frown
+        np.stack([-0.4 * x * lips, zero, 0.05 * lips], 1),  # pucker
         np.stack([0.03 * side * corners, -0.01 * corners, zero], 1),  # mouth stretch
         np.stack([0.04 * below, zero, zero], 1),  # jaw sideways
         np.stack([zero, zero, 0.04 * cheeks], 1),  # cheek puff
@@ -248,17 +264,21 @@ def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
 
 
 def _albedo_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, regions: dict[str, np.ndarray]) -> np.ndarray:
-    """Albedo fields [V, 3, 80] on the 0-255 scale per unit coefficient."""
+    """Albedo fields [V, 3, 80] on the 0-255 scale per unit coefficient.
+
+    The first ACTIVE["tex"]: skin tone (pale pink <-> brown: darker AND more saturated, so it is not a change of
+    light intensity), redness vs yellowness, lip colour; then brow darkness, blush, ...
+    """
     outer = lambda w, rgb: np.outer(w, rgb)
     not_eyes = 1 - regions["eyes"]
     named = [
-        outer(not_eyes, [-35, -40, -38]),  # skin tone: lighter / darker
-        outer(regions["skin"], [12, -4, -10]),  # redness
+        outer(not_eyes * (1 - regions["brows"]), [-40, -50, -55]),  # skin tone: lighter / darker
+        outer(regions["skin"], [14, -6, -14]),  # redness vs yellowness
+        outer(regions["lips"], [30, -25, -15]),  # lip colour
+        outer(regions["brows"], [-40, -32, -25]),  # brow darkness
+        outer(regions["cheeks"], [30, -15, -10]),  # blush
         outer(regions["skin"], [6, 6, -12]),  # yellowness
-        outer(regions["lips"], [12, -12, -8]),  # lip colour
-        outer(regions["brows"], [-25, -20, -15]),  # brow darkness
         outer(regions["iris"], [-25, 10, 45]),  # iris brown <-> blue
-        outer(regions["cheeks"], [12, -10, -8]),  # blush
     ]
     rand = _random_fields(rng, x, y, 80 - len(named), 3, True, (0, 0), 0.45, (0.1, 0.4))
     # Mostly luminance along the skin hue plus a little chroma, so random albedos stay skin-like.

@@ -1,129 +1,87 @@
-"""Train a small face reconstructor (FR) on renders of the synthetic face model, in a few CPU minutes.
+"""Train a small face reconstructor (FR) on pre-rendered images of the synthetic world, in well under a CPU minute.
 
 Stand-in for Deep3DFaceRecon's `epoch_20.pth` when the BFM is not available (tests, smoke runs, CI): the
 synthetic face model has the BFM file layout but not its data, so the official network cannot be used with it.
-Supervision is direct: we sample coefficients p from the prior below, render the face with
-`deep3drecon.render.Renderer` on the fly, composite it on a random background and regress p.
+The FR is the same R-Net (`ReconNet`, a torchvision ResNet-18 here) saved in the official checkpoint layout and
+read back with `load_recon_net`; only its input size (the smoke resolution, 32) differs from the release's 224.
 
-Coefficient prior (all groups independent, zero-mean so that the zero-initialised heads start at the prior mean):
-    id    [80]  N(0, 1.0^2)   basis columns are already scaled by their std, so this spans the modelled identities
-    exp   [64]  N(0, 0.5^2)   moderate expressions
-    tex   [80]  N(0, 1.0^2)
-    angle [3]   uniform: pitch +-15 deg, yaw +-20 deg, roll +-10 deg (radians in p)
-    gamma [27]  near the release default (0 = uniform ambient light 0.8): a white component shared by R, G, B with
-                std 0.2 (DC), 0.15 (first-order bands), 0.08 (second-order) plus per-channel std 0.03 (tint)
-    trans [3]   tx, ty N(0, 0.1^2) dm (~10 px at 224), tz N(0, 0.3^2) dm (~3% scale)
+Supervision is direct. Training images come pre-rendered (dataprep.builtin renders them once from the synthetic
+world of dataprep.synthetic_scenes: backgrounds, hair, hats, clothing, labels = the exact p), as three arrays:
+scenes, bare renders (black outside the face) and labels. Each batch mixes them the way FR meets images during
+training with the consistency loss (eq. 6: x' = alpha * x + (1 - alpha) * r(p)): 50% scenes, 20% bare renders,
+30% a blend with alpha ~ U(0, 1); half of the batch is blurred (sigma 0.3-1 px), since generator images are softer
+than aliased renders, and half is mirrored left-right with the labels mirrored to match (`mirror_coeffs`).
 
-Images: rendered at `render_resolution` (default: the FR resolution, 64), composited over a random background
-(20% black like bare renders, 30% a flat colour, 50% a smooth random colour field), resized to the FR resolution
-with the FaceReconstructor's own resize if needed, and half of them blurred (Gaussian, sigma 0.3-1 px) so that both
-aliased renders and antialiased downsamples of generator images look familiar.
+Loss: per group, the mean squared coefficient error in units of the labels' std, summed over the six groups,
+    L = sum_g mean_{n, k in g} ((p_hat_nk - p_nk) / sigma_k)^2      over the k with sigma_k > 0,
+so every group counts equally whatever its units and size, as in the held-out score below. The synthetic world
+leaves the tails of the id / exp / tex bases at 0 (deep3drecon.synthetic.ACTIVE): those coefficients are left out,
+get no gradient, and their heads stay exactly at the zero init (the world's value).
 
-Loss: a per-group weighted coefficient MSE whose weight matrix is the metric the face model induces,
-    L = sum_g w_g * mean_n(d_g^T M_g d_g) / E_prior[p_g^T M_g p_g],    d_g = p_hat_g - p_g,  w_g = 1,
-with M_id = B_id^T B_id / V and M_exp = B_exp^T B_exp / V (mean squared vertex displacement, dm^2), M_tex =
-B_tex^T B_tex / (255^2 V) (mean squared albedo change) and M_g = diag(1 / sigma_g^2) for angle, gamma and trans.
-Most of the 224 shape/albedo coefficients barely change a 64 px image; weighting them by their visible effect
-keeps their (unlearnable) noise from drowning the gradient of the ones that matter. The denominator is the loss of
-predicting the prior mean, so every group starts at 1 and counts equally whatever its units.
+Reported on a held-out set of scenes: per-group mean absolute coefficient error and its ratio to predicting the
+mean (`coeff_error_by_group`).
+Measured numbers: docs/benchmarks.md.
 
-Reported on a held-out set: per-group mean absolute coefficient error and its ratio to the trivial predictor's
-(`coeff_error_by_group`), and the same ratio in the model metric above (RMS, `metric_error_by_group`), which shows
-how much of the VISIBLE variation is recovered.
-
-Measured with the defaults (seed 0, resnet18 at 64 px, 300 steps x 32, Adam 1e-3, torch rasterizer) on 2 CPU
-cores: 237 s wall including writing the synthetic face model. Held-out relative error (coefficient MAE / model
-metric RMS): angle 0.55 / 0.62 (MAE 0.07 rad = 4 deg), trans 0.68 / 0.59, gamma 0.83 / 0.87, tex 1.05 / 0.68,
-id 1.01 / 0.87, exp 1.00 / 0.98. So it recovers pose, framing, lighting and the dominant albedo directions; the
-individual id/exp coefficients (each ~1 px of motion at 64 px) are not identified. lr 2e-3 learned slower.
-
-Usage: python -m deep3drecon.train_synthetic_fr --out PATH [--steps N] [--backbone resnet18] [--resolution 64] ...
+Usage: python -m deep3drecon.train_synthetic_fr --data TRAIN.zip --eval-data HELDOUT.zip --out PATH [--steps N] ...
+(dataset zips of `dataset_tool.py synthetic`; the built-in FR is made by dataprep.builtin.builtin_recon_path).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from deep3drecon.face_model import COEFF_SLICES, NUM_COEFFS, FaceModel
+from deep3drecon.face_model import COEFF_SLICES
 from deep3drecon.recon_net import ReconNet, save_recon_net
-from deep3drecon.reconstructor import resize_to_fr
-
-GROUP_WEIGHTS: dict[str, float] = {name: 1.0 for name in COEFF_SLICES}
-_DEG = math.pi / 180
+from torch_utils.errors import Command, UserError
 
 
 @dataclass
 class SyntheticFRConfig:
     """Everything that defines one synthetic-FR training run (JSON-serialisable)."""
 
-    face_model: str | None = None  # .mat in the BFM_model_front layout; None -> the cached synthetic model
-    backbone: str = "resnet18"
-    resolution: int = 64  # FR input size S (stored in the checkpoint; FaceReconstructor resizes inputs to it)
-    render_resolution: int | None = None  # None -> render at `resolution` (rasterizing is the costly part)
-    steps: int = 300  # ~4 min on 2 CPU cores (module docstring has measured errors)
+    backbone: str = "small"
+    steps: int = 1000
     batch: int = 32
-    lr: float = 1e-3
-    eval_size: int = 256
+    lr: float = 3e-3
     seed: int = 0
-    backend: str = "auto"  # renderer backend
-    group_weights: dict[str, float] = field(default_factory=lambda: dict(GROUP_WEIGHTS))
 
 
-def sample_coeffs(n: int, generator: torch.Generator) -> torch.Tensor:
-    """Draw coefficients [n, 257] float32 from the prior documented in the module docstring."""
-    p = torch.zeros(n, NUM_COEFFS)
-    normal = lambda *shape: torch.randn(*shape, generator=generator)  # noqa: E731 (tiny local helper)
-    p[:, COEFF_SLICES["id"]] = normal(n, 80) * 1.0
-    p[:, COEFF_SLICES["exp"]] = normal(n, 64) * 0.5
-    p[:, COEFF_SLICES["tex"]] = normal(n, 80) * 1.0
-    limits = torch.tensor([15.0, 20.0, 10.0]) * _DEG  # pitch, yaw, roll
-    p[:, COEFF_SLICES["angle"]] = (torch.rand(n, 3, generator=generator) * 2 - 1) * limits
-    band_std = torch.tensor([0.2] + [0.15] * 3 + [0.08] * 5)  # SH bands 0, 1, 2
-    white = normal(n, 1, 9) * band_std  # same light for R, G, B ...
-    tint = normal(n, 3, 9) * 0.03  # ... plus a small colour cast
-    p[:, COEFF_SLICES["gamma"]] = (white + tint).reshape(n, 27)  # channel-major [3, 9], as the release
-    p[:, COEFF_SLICES["trans"]] = normal(n, 3) * torch.tensor([0.1, 0.1, 0.3])
-    return p
+@dataclass
+class FRTrainingSet:
+    """Pre-rendered images for FR: scenes, bare renders [N, 3, S, S] float32 in [0, 1], labels p [N, 257]."""
 
+    scenes: torch.Tensor
+    renders: torch.Tensor
+    coeffs: torch.Tensor
 
-def prior_std() -> torch.Tensor:
-    """Per-coefficient standard deviation [257] of `sample_coeffs` (normalises the loss)."""
-    std = torch.zeros(NUM_COEFFS)
-    std[COEFF_SLICES["id"]] = 1.0
-    std[COEFF_SLICES["exp"]] = 0.5
-    std[COEFF_SLICES["tex"]] = 1.0
-    std[COEFF_SLICES["angle"]] = torch.tensor([15.0, 20.0, 10.0]) * _DEG / math.sqrt(3)  # uniform(-a, a)
-    band_std = torch.tensor([0.2] + [0.15] * 3 + [0.08] * 5)
-    std[COEFF_SLICES["gamma"]] = (band_std.square() + 0.03**2).sqrt().repeat(3)
-    std[COEFF_SLICES["trans"]] = torch.tensor([0.1, 0.1, 0.3])
-    return std
+    @classmethod
+    def from_uint8(cls, scenes: np.ndarray, renders: np.ndarray | None, coeffs: np.ndarray) -> FRTrainingSet:
+        """From uint8 [N, S, S, 3] arrays (renders None: scenes only, e.g. a held-out set) and labels [N, 257]."""
+        to_float = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+        images = to_float(scenes)
+        return cls(images, to_float(renders) if renders is not None else images, torch.as_tensor(coeffs).float())
 
-
-def random_backgrounds(n: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Backgrounds [n, 3, size, size] in [0, 1]: 20% black, 30% flat colour, 50% smooth random colour fields."""
-    kind = torch.rand(n, 1, 1, 1, generator=generator)
-    flat = torch.rand(n, 3, 1, 1, generator=generator).expand(n, 3, size, size)
-    smooth = F.interpolate(torch.rand(n, 3, 4, 4, generator=generator), size=(size, size), mode="bicubic")
-    bg = torch.where(kind < 0.5, flat, smooth.clamp(0, 1))
-    return torch.where(kind < 0.2, torch.zeros_like(bg), bg)
+    def __len__(self) -> int:
+        return self.coeffs.shape[0]
 
 
 def random_blur(img: torch.Tensor, generator: torch.Generator, max_sigma: float = 1.0) -> torch.Tensor:
-    """Blur half of img [N, C, H, W] with a Gaussian of random sigma in [0.3, max_sigma] px, the rest untouched.
-
-    Renders are aliased (no antialiasing in the rasterizer) while inference inputs are antialiased downsamples of
-    larger images; random blur covers both looks.
-    """
+    """Blur half of img [N, C, H, W] with a Gaussian of random sigma in [0.3, max_sigma] px, the rest untouched."""
     n, c, h, w = img.shape
     sigma = 0.3 + torch.rand(n, generator=generator) * (max_sigma - 0.3)
     sigma = torch.where(torch.rand(n, generator=generator) < 0.5, sigma, torch.zeros_like(sigma))
@@ -136,16 +94,33 @@ def random_blur(img: torch.Tensor, generator: torch.Generator, max_sigma: float 
     return x.reshape(n, c, h, w)
 
 
-@torch.no_grad()
-def make_batch(
-    renderer: torch.nn.Module, cfg: SyntheticFRConfig, n: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [n, 3, S, S] in [0, 1] at the FR resolution S, coefficients [n, 257]) for random faces."""
-    coeffs = sample_coeffs(n, generator)
-    size = cfg.render_resolution or cfg.resolution
-    out = renderer(coeffs, size)
-    img = out.render * out.mask + random_backgrounds(n, size, generator) * (1 - out.mask)
-    return random_blur(resize_to_fr(img, cfg.resolution), generator), coeffs
+# Coefficients whose sign flips when the image is mirrored left-right (x -> -x): yaw and roll, tx, and the SH
+# bands odd in the normal's x (Y_3 ~ x, Y_4 ~ xy, Y_7 ~ xz of FaceModel.compute_color) in each colour.
+_MIRROR_ODD = [COEFF_SLICES["angle"].start + 1, COEFF_SLICES["angle"].start + 2, COEFF_SLICES["trans"].start]
+_MIRROR_ODD += [COEFF_SLICES["gamma"].start + 9 * c + k for c in range(3) for k in (3, 4, 7)]
+
+
+def mirror_coeffs(coeffs: torch.Tensor) -> torch.Tensor:
+    """p [N, 257] of the left-right mirrored image, for a world whose varied shape / albedo components are
+    left-right symmetric (deep3drecon.synthetic's ACTIVE ones)."""
+    out = coeffs.clone()
+    out[:, _MIRROR_ODD] = -out[:, _MIRROR_ODD]
+    return out
+
+
+def make_batch(data: FRTrainingSet, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [n, 3, S, S] in [0, 1], labels [n, 257]): scenes / bare renders / eq. 6 blends, half blurred,
+    half mirrored (with `mirror_coeffs` labels), which doubles the faces seen."""
+    idx = torch.randint(len(data), (n,), generator=generator)
+    kind = torch.rand(n, 1, 1, 1, generator=generator)
+    alpha = torch.where(kind < 0.5, torch.ones_like(kind), torch.rand(n, 1, 1, 1, generator=generator))
+    alpha = torch.where(kind < 0.2, torch.zeros_like(alpha), alpha)  # 50% scene, 20% bare render, 30% blend
+    img = alpha * data.scenes[idx] + (1 - alpha) * data.renders[idx]
+    coeffs = data.coeffs[idx]
+    flip = torch.rand(n, generator=generator) < 0.5
+    img = torch.where(flip[:, None, None, None], img.flip(-1), img)
+    coeffs = torch.where(flip[:, None], mirror_coeffs(coeffs), coeffs)
+    return random_blur(img, generator), coeffs
 
 
 def coeff_error_by_group(pred: torch.Tensor, target: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -165,139 +140,106 @@ def coeff_error_by_group(pred: torch.Tensor, target: torch.Tensor) -> dict[str, 
     return result
 
 
-def group_metrics(face_model: FaceModel) -> dict[str, torch.Tensor]:
-    """Per-group metric matrices M_g [k_g, k_g] (module docstring): model-space change per coefficient change."""
-    num_v = face_model.num_vertices
-    std = prior_std()
-    metrics = {
-        "id": face_model.id_base.T @ face_model.id_base / num_v,
-        "exp": face_model.exp_base.T @ face_model.exp_base / num_v,
-        "tex": face_model.tex_base.T @ face_model.tex_base / (255.0**2 * num_v),
-    }
-    for name in ("angle", "gamma", "trans"):
-        metrics[name] = torch.diag(std[COEFF_SLICES[name]] ** -2)
-    return {name: metrics[name].detach().float().cpu() for name in COEFF_SLICES}
-
-
-def _quadratic(delta: torch.Tensor, metric: torch.Tensor) -> torch.Tensor:
-    """Per-sample d^T M d for d [N, k], M [k, k] -> [N]."""
-    return ((delta @ metric) * delta).sum(dim=1)
-
-
-def metric_loss(
-    pred: torch.Tensor, target: torch.Tensor, metrics: dict[str, torch.Tensor], weights: dict[str, float]
-) -> torch.Tensor:
-    """Scalar training loss sum_g w_g * mean_n(d^T M_g d) / trivial_g (module docstring); pred, target [N, 257]."""
-    std = prior_std().to(pred.device)
+def coeff_loss(pred: torch.Tensor, target: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Scalar loss sum_g mean_{n, k in g, std_k > 0} ((pred - target) / std)^2 (module docstring); [N, 257] each."""
     loss = pred.new_zeros(())
-    for name, w in weights.items():
-        sl, metric = COEFF_SLICES[name], metrics[name].to(pred.device)
-        trivial = (torch.diagonal(metric) * std[sl] ** 2).sum()  # E[p^T M p] for independent zero-mean p
-        loss = loss + w * _quadratic(pred[:, sl] - target[:, sl], metric).mean() / trivial
+    for sl in COEFF_SLICES.values():
+        keep = std[sl] > 0
+        if keep.any():
+            loss = loss + ((pred[:, sl] - target[:, sl])[:, keep] / std[sl][keep]).square().mean()
     return loss
 
 
-def metric_error_by_group(
-    pred: torch.Tensor, target: torch.Tensor, metrics: dict[str, torch.Tensor]
-) -> dict[str, float]:
-    """Per group: RMS error in the model metric relative to the trivial predictor (target mean); 0 = perfect."""
-    pred, target = pred.detach().double().cpu(), target.detach().double().cpu()
-    result = {}
-    for name, sl in COEFF_SLICES.items():
-        metric, t = metrics[name].double(), target[:, sl]
-        err = _quadratic(pred[:, sl] - t, metric).mean()
-        trivial = _quadratic(t - t.mean(dim=0, keepdim=True), metric).mean()
-        result[name] = float((err / trivial.clamp_min(1e-30)).sqrt())
-    return result
-
-
-def format_errors(errors: dict[str, dict[str, float]], metric_errors: dict[str, float] | None = None) -> str:
-    """Multi-line table of `coeff_error_by_group` (and optionally `metric_error_by_group`) output."""
-    lines = [
-        f"{'group':<6} {'MAE':>9} {'trivial':>9} {'relative':>9}" + ("  model-metric rel. RMS" if metric_errors else "")
-    ]
+def format_errors(errors: dict[str, dict[str, float]]) -> str:
+    """Multi-line table of `coeff_error_by_group` output."""
+    lines = [f"{'group':<6} {'MAE':>9} {'trivial':>9} {'relative':>9}"]
     for name, e in errors.items():
-        extra = f"  {metric_errors[name]:9.3f}" if metric_errors else ""
-        lines.append(f"{name:<6} {e['mae']:9.4f} {e['trivial_mae']:9.4f} {e['relative']:9.3f}{extra}")
+        lines.append(f"{name:<6} {e['mae']:9.4f} {e['trivial_mae']:9.4f} {e['relative']:9.3f}")
     return "\n".join(lines)
 
 
-def train_synthetic_fr(cfg: SyntheticFRConfig, out: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Train per `cfg`; save with save_recon_net to `out` if given -> {errors, metric_errors, wall_s, config}."""
-    from deep3drecon.assets import synthetic_face_model_path  # lazy: assets imports this module lazily too
-    from deep3drecon.render import Renderer
+@torch.no_grad()
+def predict(net: ReconNet, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Coefficients [N, 257] of images [N, 3, S, S] in [0, 1] with net in eval mode."""
+    net.eval()
+    return torch.cat([net(images[i : i + batch]) for i in range(0, images.shape[0], batch)])
 
+
+def train_synthetic_fr(
+    cfg: SyntheticFRConfig,
+    train: FRTrainingSet,
+    held_out: FRTrainingSet,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train per `cfg` on `train`, evaluate on `held_out`, save with save_recon_net to `out` if given.
+
+    -> {"errors": coeff_error_by_group, "wall_s", "config"}.
+    The network's input size is the images' resolution S.
+    """
     t_start = time.time()
-    log = print if progress else (lambda *a, **k: None)
     torch.manual_seed(cfg.seed)
-    face_model = FaceModel.from_mat(cfg.face_model or synthetic_face_model_path())
-    renderer = Renderer(face_model, backend=cfg.backend)
-    net = ReconNet(cfg.backbone, input_size=cfg.resolution)
-    metrics = group_metrics(face_model)
+    net = ReconNet(cfg.backbone, input_size=train.scenes.shape[-1])
+    std = train.coeffs.std(dim=0)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     # Short linear warm-up (Adam + freshly initialised BatchNorm overshoot at full lr), then cosine decay to 0 so the
     # last steps average out the noise of small batches, which matters in a run this short.
     warmup = max(1, cfg.steps // 20)
     lr_factor = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    gen_train = torch.Generator().manual_seed(cfg.seed)
-    gen_eval = torch.Generator().manual_seed(cfg.seed + 1_000_003)  # disjoint stream: held-out faces
-    log(f"synthetic FR: {json.dumps(dataclasses.asdict(cfg))}  renderer backend: {renderer.backend}", flush=True)
+    gen = torch.Generator().manual_seed(cfg.seed)
 
     net.train()
-    every = max(1, cfg.steps // 20)
-    loss_sum, loss_count, t_tick = 0.0, 0, time.time()
-    for step in range(cfg.steps):
-        img, coeffs = make_batch(renderer, cfg, cfg.batch, gen_train)
-        loss = metric_loss(net(img), coeffs, metrics, cfg.group_weights)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
-        if (step + 1) % every == 0 or step + 1 == cfg.steps:
-            rate = loss_count * cfg.batch / max(time.time() - t_tick, 1e-9)
-            log(
-                f"step {step + 1:5d}/{cfg.steps}  loss {loss_sum / loss_count:.4f}  "
-                f"time {time.time() - t_start:6.1f} s  {rate:5.1f} img/s",
-                flush=True,
-            )
-            loss_sum, loss_count, t_tick = 0.0, 0, time.time()
+    with tqdm(total=cfg.steps, unit="step", disable=not progress, desc="  training the synthetic FR") as bar:
+        for _ in range(cfg.steps):
+            img, coeffs = make_batch(train, cfg.batch, gen)
+            loss = coeff_loss(net(img), coeffs, std)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.update(1)
 
-    net.eval()
-    preds, targets = [], []
-    with torch.no_grad():
-        for start in range(0, cfg.eval_size, cfg.batch):
-            img, coeffs = make_batch(renderer, cfg, min(cfg.batch, cfg.eval_size - start), gen_eval)
-            preds.append(net(img))
-            targets.append(coeffs)
-    pred, target = torch.cat(preds), torch.cat(targets)
-    errors, metric_errors = coeff_error_by_group(pred, target), metric_error_by_group(pred, target, metrics)
+    pred = predict(net, held_out.scenes)
+    errors = coeff_error_by_group(pred, held_out.coeffs)
     wall_s = time.time() - t_start
-    table = format_errors(errors, metric_errors)
-    log(f"held-out per-group coefficient error ({cfg.eval_size} faces):\n{table}", flush=True)
+    if progress:
+        print(f"  held-out error of the synthetic FR ({len(held_out)} scenes):", flush=True)
+        print("\n".join("  " + line for line in format_errors(errors).splitlines()), flush=True)
     if out is not None:
         save_recon_net(net, out)
-        log(f"saved {out}  (total {wall_s:.1f} s)", flush=True)
-    return {"errors": errors, "metric_errors": metric_errors, "wall_s": wall_s, "config": dataclasses.asdict(cfg)}
+    return {"errors": errors, "wall_s": wall_s, "config": dataclasses.asdict(cfg)}
 
 
-@click.command()
+def read_dataset_zip(path: str | os.PathLike) -> FRTrainingSet:
+    """Images and 257-d labels of a dataset zip written by dataset_tool.py (scenes only: no bare renders)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            labels = json.loads(zf.read("dataset.json"))["labels"]
+            images = [np.asarray(PIL.Image.open(io.BytesIO(zf.read(name))).convert("RGB")) for name, _ in labels]
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a dataset zip with labels ({exc})") from exc
+    coeffs = np.asarray([row for _, row in labels], np.float32)
+    if coeffs.ndim != 2 or coeffs.shape[1] != 257:
+        raise UserError(f"{path}: labels are not 257-d 3DMM coefficients")
+    return FRTrainingSet.from_uint8(np.stack(images), None, coeffs)
+
+
+@click.command(cls=Command)
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), required=True, help="Training dataset zip")
+@click.option("--eval-data", type=click.Path(exists=True, dir_okay=False), required=True, help="Held-out zip")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Checkpoint to write (epoch_20 layout)")
 @click.option("--steps", type=click.IntRange(min=1), default=SyntheticFRConfig.steps, show_default=True)
 @click.option("--batch", type=click.IntRange(min=2), default=SyntheticFRConfig.batch, show_default=True)
-@click.option("--backbone", type=click.Choice(["resnet18", "resnet34", "resnet50"]), default="resnet18")
-@click.option("--resolution", type=click.IntRange(min=32), default=SyntheticFRConfig.resolution, show_default=True)
+@click.option("--backbone", type=click.Choice(["small", "resnet18", "resnet34", "resnet50"]), default="small")
 @click.option("--lr", type=float, default=SyntheticFRConfig.lr, show_default=True)
-@click.option("--face-model", type=click.Path(exists=True, dir_okay=False), default=None, help="Default: synthetic")
-@click.option("--eval-size", type=click.IntRange(min=1), default=SyntheticFRConfig.eval_size, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "nvdiffrast"]), default="auto", show_default=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="Also write the errors as JSON here")
-def main(out: str, metrics: str | None, **kwargs) -> None:
-    """Train the small synthetic face reconstructor and report its per-group coefficient error."""
-    cfg = SyntheticFRConfig(**kwargs)
-    result = train_synthetic_fr(cfg, out=out, progress=True)
+def main(data: str, eval_data: str, out: str, metrics: str | None, **kwargs) -> None:
+    """Train a small face reconstructor on a labelled dataset and report its per-group held-out error."""
+    result = train_synthetic_fr(SyntheticFRConfig(**kwargs), read_dataset_zip(data), read_dataset_zip(eval_data),
+                                out=out, progress=True)
     if metrics:
         Path(metrics).write_text(json.dumps(result, indent=2) + "\n")
 

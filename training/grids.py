@@ -1,6 +1,13 @@
-"""Image grids written during training: reals, and fakes where each row keeps p fixed and each column keeps z."""
+"""Image grids written during training: reals, and fakes where each row keeps p fixed and each column keeps z.
+
+Grids are GRID_COLS x GRID_ROWS cells and every cell is shown at least MIN_CELL_PX pixels wide: small images are
+enlarged by an integer factor with nearest-neighbour upsampling (each pixel becomes a k x k block, so what is shown
+is exactly what the network produced, only bigger).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import PIL.Image
@@ -8,20 +15,35 @@ import torch
 
 from torch_utils.misc import quantize_uint8
 
+GRID_COLS, GRID_ROWS = 8, 8
+MIN_CELL_PX = 96
 
-def save_image_grid(images: np.ndarray | torch.Tensor, path: str, grid_w: int, drange=(-1, 1)) -> None:
-    """Tile images [N, C, H, W] (N = grid_w * rows, row-major) into one PNG; drange maps to 0..255."""
+
+def upscale_factor(size: int, min_cell: int = MIN_CELL_PX) -> int:
+    """Integer nearest-neighbour factor that shows a size-px cell at >= min_cell px (1 when already large)."""
+    return max(1, math.ceil(min_cell / size))
+
+
+def save_image_grid(images: np.ndarray | torch.Tensor, path: str, grid_w: int, drange=(-1, 1),
+                    min_cell: int = MIN_CELL_PX) -> None:
+    """Tile images [N, C, H, W] (N = grid_w * rows, row-major) into one PNG; drange maps to 0..255.
+
+    Cells smaller than min_cell px are enlarged by `upscale_factor` with nearest-neighbour upsampling.
+    """
     images = quantize_uint8(images, drange)
     n, c, h, w = images.shape
     grid_h = n // grid_w
     images = images[: grid_w * grid_h].reshape(grid_h, grid_w, c, h, w).transpose(0, 3, 1, 4, 2)
     images = images.reshape(grid_h * h, grid_w * w, c)
+    k = upscale_factor(min(h, w), min_cell)
+    images = images.repeat(k, axis=0).repeat(k, axis=1)  # nearest neighbour: every pixel becomes a k x k block
     PIL.Image.fromarray(images[:, :, 0] if c == 1 else images, "L" if c == 1 else "RGB").save(path)
 
 
 def grid_size(resolution: int) -> tuple[int, int]:
-    """(columns, rows) like StyleGAN2: about a 4K canvas, 7..32 columns and 4..32 rows."""
-    return int(np.clip(7680 // resolution, 7, 32)), int(np.clip(4320 // resolution, 4, 32))
+    """(columns, rows) of the training grids: GRID_COLS x GRID_ROWS at every resolution (cells >= 96 px)."""
+    del resolution  # same layout everywhere; the cell size is handled by save_image_grid's upsampling
+    return GRID_COLS, GRID_ROWS
 
 
 @torch.no_grad()

@@ -103,7 +103,9 @@ def resolve_assets(
     if need_fr:
         out.recon_ckpt = _given_or_recorded("recon_ckpt", flags, config)
         if out.recon_ckpt is None:
-            out.recon_ckpt = str(assets.synthetic_recon_path(progress=progress))
+            from dataprep.builtin import builtin_recon_path
+
+            out.recon_ckpt = str(builtin_recon_path(progress=progress))
             builtin.append("FR")
         else:
             out.recon_ckpt = str(assets.resolve_recon_checkpoint(out.recon_ckpt))

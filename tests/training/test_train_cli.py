@@ -86,12 +86,12 @@ def test_builtin_assets_stay_unresolved_in_the_saved_config(tmp_path, monkeypatc
     """The config records 'built-in' (None), so snapshots keep working after the asset cache moves."""
     import torch
 
-    from deep3drecon import assets
+    import dataprep.builtin as builtin
     from deep3drecon.recon_net import ReconNet, save_recon_net
 
     fr = tmp_path / "fr.pth"
     save_recon_net(ReconNet(backbone="resnet18", input_size=32), fr)
-    monkeypatch.setattr(assets, "synthetic_recon_path", lambda progress=True: fr)  # skip the minutes of training
+    monkeypatch.setattr(builtin, "builtin_recon_path", lambda progress=True: fr)  # skip training the FR
     preset = tmp_path / "mini.json"
     preset.write_text(json.dumps({"builtin_data": {"count": 4, "resolution": 16, "seed": 0}, "batch": 4,
                                   "mbstd_group": 4}))
@@ -104,5 +104,5 @@ def test_builtin_assets_stay_unresolved_in_the_saved_config(tmp_path, monkeypatc
 
     resolved = resolve_assets(config, need_fr=True)
     data, bfm, ckpt = resolved.data, resolved.bfm, resolved.recon_ckpt
-    assert data.endswith("synthetic-4-16px-seed0.zip") and bfm.endswith(".mat") and ckpt == str(fr)
+    assert data.endswith("synthetic-v2-4-16px-seed0.zip") and bfm.endswith(".mat") and ckpt == str(fr)
     assert torch.load(ckpt, weights_only=True)["input_size"] == 32

@@ -1,0 +1,126 @@
+"""The end of a run on the built-in world: evidence that G follows every attribute group of p.
+
+After training, `write_run_report` (called by train.py on the main process) writes into the run directory
+  metric-cons1k.jsonl        cons1k (metrics/consistency.py: per-group MSE between p and FR(G(rep(p), z))) of the
+                             first and the last network snapshot (lines already there, e.g. from --metrics, are reused)
+  vary-<attr>.png            for attr in id, exp, illum, angle, from the last snapshot: row r = one base face (p and z
+                             of seed r), column 0 = the base, columns 1-7 = the base with only that attribute group
+                             taken from another face of the dataset (generation.controlled.vary_grid, fig. 3)
+and prints per group the consistency at the start vs the end and the paths of the grids to look at.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+
+import torch
+
+from training.config import TrainConfig
+from training.grids import save_image_grid
+
+VARY_ATTRS: tuple[str, ...] = ("id", "exp", "illum", "angle")
+VARY_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # rows of each vary grid
+VARY_DONORS = 7  # columns after the base
+CONS_METRIC = "cons1k"
+CONS_GROUPS: tuple[str, ...] = ("id", "exp", "tex", "angle", "gamma", "trans")
+
+
+def applies(config: TrainConfig) -> bool:
+    """True for conditional runs on the built-in synthetic world (the README's main job)."""
+    return bool(config.cond and config.data is None and config.builtin_data is not None)
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or the launching process otherwise (process groups are gone after training)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def network_snapshots(run_dir: str) -> list[str]:
+    """network-snapshot-*.pt in run_dir, oldest (smallest kimg) first."""
+    from training.snapshot import snapshot_kimg
+
+    return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pt")), key=snapshot_kimg)
+
+
+def _recorded(run_dir: str, snapshot_name: str) -> dict | None:
+    """The last metric-cons1k.jsonl record of snapshot_name, if any."""
+    path = os.path.join(run_dir, f"metric-{CONS_METRIC}.jsonl")
+    if not os.path.isfile(path):
+        return None
+    records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    found = [r for r in records if r.get("snapshot") == snapshot_name]
+    return found[-1]["results"] if found else None
+
+
+def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, progress: bool = True) -> dict:
+    """cons1k of the first and last snapshot, vary grids of the last, a printed summary -> {"cons", "grids"}.
+
+    cons: {snapshot file name: {cons_<group>: float}}; grids: {attr: png path}.
+    """
+    from generation.controlled import Sampler, vary_grid
+    from metrics.registry import MetricContext, calc_metric, report_metric
+    from training.dataset import ImageLabelDataset
+    from training.rep import make_rep
+    from training.resolve import build_reconstructor, build_renderer, resolve_assets
+    from training.snapshot import load_network
+
+    snapshots = network_snapshots(run_dir)
+    if not snapshots:
+        return {"cons": {}, "grids": {}}
+    resolved = resolve_assets(config.to_dict(), need_fr=True, progress=progress)
+    data, bfm, recon = resolved.data, resolved.bfm, resolved.recon_ckpt
+    dataset = ImageLabelDataset(data)
+    renderer = build_renderer(bfm, config.render_backend, device)
+    reconstructor = build_reconstructor(recon, device, config.recon_backbone)
+    batch = max(config.batch_gpu or config.batch // max(config.gpus, 1), 32)
+    log = print if progress else (lambda *args, **kwargs: None)
+
+    cons: dict[str, dict[str, float]] = {}
+    for path in dict.fromkeys([snapshots[0], snapshots[-1]]):
+        name = os.path.basename(path)
+        results = _recorded(run_dir, name)
+        if results is None:
+            log(f"Consistency ({CONS_METRIC}) of {name} ...", flush=True)
+            G = load_network(path, device=device)
+            ctx = MetricContext(G=G, dataset=dataset, p_bank=dataset.labels, reconstructor=reconstructor,
+                                make_rep=functools.partial(make_rep, renderer, size=dataset.resolution),
+                                device=device, batch_size=batch, num_workers=0, seed=config.seed)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                result = calc_metric(CONS_METRIC, ctx)
+            report_metric(result, run_dir=run_dir, snapshot_name=name)
+            results = result["results"]
+        cons[name] = results
+
+    G = load_network(snapshots[-1], device=device)
+    sampler = Sampler(G, renderer, device, noise_mode="const", batch=batch, progress=False)
+    bank = torch.as_tensor(dataset.labels)
+    grids = {}
+    for attr in VARY_ATTRS:
+        rows = [vary_grid(sampler, seed, bank, attr, VARY_DONORS).cells.images for seed in VARY_SEEDS]
+        grids[attr] = os.path.join(run_dir, f"vary-{attr}.png")
+        save_image_grid(torch.cat(rows), grids[attr], VARY_DONORS + 1)
+    dataset.close()
+    log(format_summary(cons, grids, run_dir), flush=True)
+    return {"cons": cons, "grids": grids}
+
+
+def format_summary(cons: dict[str, dict[str, float]], grids: dict[str, str], run_dir: str) -> str:
+    """The printed end-of-run summary: consistency per group first vs last snapshot, then the grid paths."""
+    names = list(cons)
+    first, last = cons[names[0]], cons[names[-1]]
+    lines = [f"Consistency per group ({CONS_METRIC}: mean squared error of FR(G(p, z)) vs p, lower = G follows p):",
+             f"  {'group':<6} {'start':>10} {'end':>10} {'change':>8}    start = {names[0]}, end = {names[-1]}"]
+    for group in CONS_GROUPS:
+        a, b = first[f"cons_{group}"], last[f"cons_{group}"]
+        change = f"{100 * (b - a) / a:+7.0f}%" if a > 0 else "       -"
+        lines.append(f"  {group:<6} {a:10.4f} {b:10.4f} {change}")
+    fakes = sorted(glob.glob(os.path.join(run_dir, "fakes[0-9]*.png")))
+    lines.append("Grids to look at:")
+    if fakes:
+        lines.append(f"  {fakes[-1]}  (fakes: each row one p, each column one z)")
+    for attr, path in grids.items():
+        lines.append(f"  {path}  (row: one face; column 0 the face, then only '{attr}' changed)")
+    return "\n".join(lines)
