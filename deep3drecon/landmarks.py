@@ -298,6 +298,17 @@ def write_landmarks(path: str | os.PathLike, landmarks: np.ndarray) -> Path:
     return path
 
 
+def load_landmarks(path: str | Path) -> np.ndarray:
+    """Read a 5- or 68-row `x y` text file -> [K, 2] float32 y-down pixels; UserError on any other shape."""
+    try:
+        lm = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise UserError(f"Cannot parse landmarks file {path}: {exc}") from exc
+    if lm.shape not in ((5, 2), (68, 2)) or not np.isfinite(lm).all():
+        raise UserError(f"Landmarks file {path} must hold 5 or 68 finite rows of 'x y'; got shape {lm.shape}")
+    return lm.astype(np.float32)
+
+
 def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, detector_factory,
                              outdir: str | os.PathLike | None = None,
                              candidates: list[str | os.PathLike] | None = None) -> tuple[np.ndarray, str]:  # fmt: skip
@@ -308,7 +319,6 @@ def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, 
     then) and written to <outdir or the photo's folder>/<stem>_landmarks.txt. One-line UserError on a bad file,
     NoFaceError when no face is found, and the faces-extra hint when the detector is not installed.
     """
-    from deep3drecon.reconstruct import load_landmarks
 
     image_path = Path(image_path)
     stem = image_path.with_suffix("")

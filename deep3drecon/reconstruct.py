@@ -23,6 +23,7 @@ from PIL import Image
 
 from deep3drecon.assets import resolve_bfm, resolve_recon_checkpoint
 from deep3drecon.face_model import FaceModel
+from deep3drecon.landmarks import load_landmarks
 from deep3drecon.recon_net import FR_INPUT_SIZE, load_recon_net
 from deep3drecon.reconstructor import FaceReconstructor
 from torch_utils.errors import Command, UserError
@@ -36,17 +37,6 @@ class Reconstruction:
     crop: Image.Image
     coeffs: np.ndarray
     overlay: Image.Image
-
-
-def load_landmarks(path: str | Path) -> np.ndarray:
-    """Read a 5- or 68-row `x y` text file -> [K, 2] float32 y-down pixels; UserError on any other shape."""
-    try:
-        lm = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise UserError(f"Cannot parse landmarks file {path}: {exc}") from exc
-    if lm.shape not in ((5, 2), (68, 2)) or not np.isfinite(lm).all():
-        raise UserError(f"Landmarks file {path} must hold 5 or 68 finite rows of 'x y'; got shape {lm.shape}")
-    return lm.astype(np.float32)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:

@@ -4,6 +4,10 @@ Every rank calls `TickReporter.tick` at the same point of the loop, because coll
 collective (an all-reduce over ranks); only rank 0 prints and writes. TensorBoard's step is the image count
 (unique per tick). A resumed run first drops what the interrupted one logged after its training state was saved
 (stats.jsonl rows and TensorBoard events past that image count), so every tick appears once.
+
+Loader wait: the seconds the loop spent blocked on `next(loader)` during the tick (`wait` in the status line,
+`Timing/loader_wait_sec` and its share of the tick, `Timing/loader_wait_frac`, in stats.jsonl). Near 0 means the
+data loader keeps up; a large share means the step is starved (raise --workers or use a faster disk).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class TickReporter:
                  resume_point: tuple[int, int] | None = None) -> None:  # fmt: skip
         """resume_point: (images, tick) of the training state a resumed run starts from; None for a new run."""
         self.stats, self.device, self.rank = stats, device, rank
+        self.loader_wait = 0.0  # seconds blocked on the data loader since the last tick
         self.writer = self.stats_file = None
         if rank == 0:
             if resume_point is not None:
@@ -74,6 +79,10 @@ class TickReporter:
                 print("TensorBoard not installed: writing stats.jsonl only", flush=True)
             self.stats_file = open(os.path.join(run_dir, "stats.jsonl"), "a")
 
+    def add_loader_wait(self, seconds: float) -> None:
+        """Add time the training step spent waiting for a batch (summed until the next tick)."""
+        self.loader_wait += seconds
+
     def tick(self, *, cur_tick: int, cur_nimg: int, tick_start_nimg: int, tick_start_time: float, start_time: float,
              maintenance_time: float, alpha: float) -> dict[str, dict[str, float]]:
         """Report one finished tick (collective: every rank calls it); returns the tick's statistics."""
@@ -82,11 +91,13 @@ class TickReporter:
         sec_per_kimg = sec_per_tick / max(cur_nimg - tick_start_nimg, 1) * 1000
         gpumem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
         cpumem = cpu_memory_gb()
+        loader_wait, self.loader_wait = self.loader_wait, 0.0
         for name, value in (("Progress/tick", cur_tick), ("Progress/kimg", cur_nimg / 1000),
                             ("Progress/alpha", alpha), ("Timing/total_sec", tick_end_time - start_time),
                             ("Timing/sec_per_tick", sec_per_tick), ("Timing/sec_per_kimg", sec_per_kimg),
                             ("Timing/maintenance_sec", maintenance_time), ("Resources/cpu_mem_gb", cpumem),
-                            ("Resources/peak_gpu_mem_gb", gpumem)):  # fmt: skip
+                            ("Resources/peak_gpu_mem_gb", gpumem), ("Timing/loader_wait_sec", loader_wait),
+                            ("Timing/loader_wait_frac", loader_wait / max(sec_per_tick, 1e-9))):  # fmt: skip
             self.stats.report(name, value)
         tick_stats = self.stats.collect()  # collective: every rank
         if self.rank != 0:
@@ -95,8 +106,8 @@ class TickReporter:
         print(" ".join([
             f"tick {cur_tick:<5d}", f"kimg {cur_nimg / 1000:<8.1f}",
             f"time {format_time(tick_end_time - start_time):<12s}", f"sec/tick {sec_per_tick:<7.1f}",
-            f"sec/kimg {sec_per_kimg:<7.2f}", f"maint {maintenance_time:<5.1f}", f"cpumem {cpumem:<5.2f}",
-            f"gpumem {gpumem:<5.2f}", f"alpha {alpha:.3f}", f"G {mean('Loss/G/loss'):.3f}",
+            f"sec/kimg {sec_per_kimg:<7.2f}", f"maint {maintenance_time:<5.1f}", f"wait {loader_wait:<5.1f}",
+            f"cpumem {cpumem:<5.2f}", f"gpumem {gpumem:<5.2f}", f"alpha {alpha:.3f}", f"G {mean('Loss/G/loss'):.3f}",
             f"D {mean('Loss/D/loss'):.3f}", f"cons {mean('Loss/G/consistency'):.4f}"]), flush=True)  # fmt: skip
         self.stats_file.write(json.dumps(dict(tick_stats, timestamp=time.time())) + "\n")
         self.stats_file.flush()

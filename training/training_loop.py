@@ -16,7 +16,7 @@ import torch
 
 from torch_utils import distributed
 from torch_utils.training_stats import StatsCollector
-from training import snapshot
+from training import fast_paths, snapshot
 from training.config import TrainConfig
 from training.consistency import ConsistencyLoss, blend_alpha
 from training.dataset import ImageLabelDataset, make_loader
@@ -44,13 +44,12 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     dataset: the real images x [3, R, R] uint8 and their 257-d labels (the bank p is drawn from); assets: the
     resolved face model and FR paths (None for --no-cond), from training.resolve.
     """
-    # Seeds and numerics: per-rank streams from one global seed; no TF32 (numbers users compare against).
+    # Seeds and numerics: per-rank streams from one global seed; TF32 off unless config.allow_tf32.
     start_time = time.time()
     torch.manual_seed(config.seed * world_size + rank)
     np.random.seed((config.seed * world_size + rank) % 2**32)
     torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    fast_paths.set_tf32(config.allow_tf32)
     batch_gpu = config.batch_gpu or config.batch // world_size
     num_rounds = config.batch // (batch_gpu * world_size)
     if batch_gpu * num_rounds * world_size != config.batch:  # would silently train on another batch than counted
@@ -68,6 +67,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     G_ema = copy.deepcopy(G).eval()
     if config.init_from is not None and resume_state is None:  # new run from pretrained weights; counters at 0
         init_networks(config.init_from, G, D, G_ema, log=lambda message: _log(rank, message))
+    if config.channels_last:
+        fast_paths.apply_channels_last(G, D, G_ema)
 
     # The method's 3DMM side: the renderer for rep(p) (eq. 3) and the frozen FR of the consistency loss (eq. 5).
     renderer = consistency = None
@@ -77,13 +78,14 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         renderer = build_renderer(assets.bfm, config.render_backend, device)
         if config.lambda_cons > 0:
             reconstructor = build_reconstructor(assets.recon_ckpt, device, config.recon_backbone)
-            consistency = ConsistencyLoss(renderer, reconstructor)
+            consistency = ConsistencyLoss(renderer, reconstructor, config.fr_autocast,
+                                          compile_backend="inductor" if config.compile_fr else None)
         _log(rank, f"Renderer backend: {renderer.backend}")
 
-    # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2).
-    mb_ratio = config.d_reg_interval / (config.d_reg_interval + 1)
-    opt_G = torch.optim.Adam(G.parameters(), lr=config.glr, betas=(0.0, 0.99), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=config.dlr * mb_ratio, betas=(0.0, 0.99**mb_ratio), eps=1e-8)
+    # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2); G's
+    # only with config.g_reg_interval (StyleGAN2-ADA keeps 4 without path length; StyleGAN3 and paper256: None).
+    opt_G = fast_paths.make_adam(G.parameters(), config.glr, (0.0, 0.99), config.adam_impl, config.g_reg_interval)
+    opt_D = fast_paths.make_adam(D.parameters(), config.dlr, (0.0, 0.99), config.adam_impl, config.d_reg_interval)
     # z/p stream seeded apart from torch's global generator, so it never replays weight init or noise numbers.
     rng_seed = int(np.random.SeedSequence([config.seed, rank, 1]).generate_state(1)[0])
     rng = torch.Generator(device=device).manual_seed(rng_seed)
@@ -101,7 +103,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     # Loss, data order, and the statistics every rank reports.
     stats = StatsCollector(device)
     loss = GANLoss(G, D, stats, r1_gamma=config.gamma, style_mixing_prob=config.style_mixing_prob,
-                   consistency=consistency, lambda_cons=config.lambda_cons)  # fmt: skip
+                   consistency=consistency, lambda_cons=config.lambda_cons,
+                   w_avg_in_g_pass=config.w_avg_in_g_pass)  # fmt: skip
     loader = make_loader(dataset, batch_gpu, rank, world_size, config.seed, start=cur_nimg // world_size,
                          workers=config.workers, pin_memory=device.type == "cuda")  # fmt: skip
 
@@ -130,6 +133,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         with torch.no_grad():
             return z, make_rep(renderer, p, R)
 
+    _log(rank, fast_paths.describe(config))
     _log(rank, f"Training for {config.kimg} kimg: batch {config.batch} = {world_size} process(es) x {num_rounds} "
                f"round(s) x {batch_gpu}")  # fmt: skip
     total_nimg = int(config.kimg * 1000)
@@ -172,7 +176,10 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
             break
 
         # Accumulate and step: one real batch shared by the phases, fresh z and p for every phase and round.
-        reals = [next(loader)[0].to(device, non_blocking=True).float() / 127.5 - 1 for _ in range(num_rounds)]
+        wait_start = time.perf_counter()
+        batches = [next(loader)[0] for _ in range(num_rounds)]
+        reporter.add_loader_wait(time.perf_counter() - wait_start)  # time the step waited for data
+        reals = [images.to(device, non_blocking=True).float() / 127.5 - 1 for images in batches]
         alpha = blend_alpha(cur_nimg, config.blend_kimg)  # eq. 6
         phases = [("Gmain", G, opt_G, 1), ("Dmain", D, opt_D, 1)]
         if config.gamma > 0 and batch_idx % config.d_reg_interval == 0:
