@@ -275,7 +275,7 @@ def test_loop_applies_g_reg_interval_and_fast_paths(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     run_training_loop(config, str(run_dir), torch.device("cpu"))
-    state = snapshot.safe_load(str(run_dir / "training-state-000000.pt"))
+    state = snapshot.safe_load(snapshot.latest_training_state(str(run_dir)))
     group_G, group_D = state["opt_G"]["param_groups"][0], state["opt_D"]["param_groups"][0]
     assert group_G["lr"] == pytest.approx(0.0025 * 0.8) and group_G["betas"][1] == pytest.approx(0.99**0.8)
     assert group_G["foreach"] is True
