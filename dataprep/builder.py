@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from dataprep.landmarks import check_landmarks, landmarks_outside, load_landmarks_txt
+from dataprep.landmarks import landmarks_outside
+from deep3drecon.landmarks import check_landmarks, load_landmarks
 from torch_utils.errors import UserError, first_line
 from torch_utils.misc import pick_device
 
@@ -350,7 +351,7 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
         if item.landmarks is not None:
             lm = check_landmarks(np.asarray(item.landmarks, dtype=np.float64))
         elif item.landmarks_path is not None and os.path.isfile(item.landmarks_path):
-            lm = load_landmarks_txt(item.landmarks_path)
+            lm = load_landmarks(item.landmarks_path)
         else:
             return Skipped(item, f"no landmarks ({item.landmarks_path or 'none in the json'})")
     except (ValueError, OSError) as exc:

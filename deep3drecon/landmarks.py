@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from torch_utils.errors import UserError
+from torch_utils.errors import UserError, first_line
 
 __all__ = [
     "FACES_EXTRA_HINT",
@@ -298,15 +298,27 @@ def write_landmarks(path: str | os.PathLike, landmarks: np.ndarray) -> Path:
     return path
 
 
-def load_landmarks(path: str | Path) -> np.ndarray:
-    """Read a 5- or 68-row `x y` text file -> [K, 2] float32 y-down pixels; UserError on any other shape."""
+def check_landmarks(lm: np.ndarray) -> np.ndarray:
+    """Validate landmarks: shape [5|68, 2], finite, not all on one point -> float64 [K, 2]; UserError if not."""
+    lm = np.asarray(lm, dtype=np.float64)
+    if lm.ndim != 2 or lm.shape[1] != 2 or lm.shape[0] not in (5, 68):
+        raise UserError(f"landmarks must be 5 or 68 rows of 'x y', got shape {lm.shape}")
+    if not np.isfinite(lm).all():
+        raise UserError("landmarks contain NaN/inf")
+    if np.ptp(lm, axis=0).max() < 1e-3:
+        raise UserError("landmarks are degenerate (all at one point)")
+    return lm
+
+
+def load_landmarks(path: str | os.PathLike) -> np.ndarray:
+    """The one reader of landmark files: 5 or 68 rows 'x y' (y-down pixels; space, tab or comma separated, '#'
+    comments) -> float64 [K, 2]; UserError naming the file on anything else."""
     try:
-        lm = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise UserError(f"Cannot parse landmarks file {path}: {exc}") from exc
-    if lm.shape not in ((5, 2), (68, 2)) or not np.isfinite(lm).all():
-        raise UserError(f"Landmarks file {path} must hold 5 or 68 finite rows of 'x y'; got shape {lm.shape}")
-    return lm.astype(np.float32)
+        text = Path(path).read_text().replace(",", " ")
+        rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return check_landmarks(np.array(rows, dtype=np.float64))
+    except (OSError, ValueError) as exc:  # unreadable, ragged or non-numeric rows, bad shape (UserError)
+        raise UserError(f"landmarks file {path}: {first_line(exc)}") from None
 
 
 def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, detector_factory,
@@ -324,7 +336,7 @@ def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, 
     stem = image_path.with_suffix("")
     for candidate in candidates or [f"{stem}.txt", f"{stem}_landmarks.txt"]:
         if os.path.isfile(candidate):
-            return load_landmarks(candidate).astype(np.float64), f"landmarks from {candidate}"
+            return load_landmarks(candidate), f"landmarks from {candidate}"
     landmarks, count = detect_landmarks(image, detector_factory(), image_path.name)
     written = write_landmarks(landmarks_path_for(image_path, outdir), landmarks)
     note = f"; {count} faces found, using the largest" if count > 1 else ""

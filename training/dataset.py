@@ -10,6 +10,7 @@ unconditional baseline, like StyleGAN2-ADA's unlabelled datasets).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import zipfile
@@ -167,6 +168,12 @@ class ImageLabelDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.image_names) * (2 if self.xflip else 1)
+
+    def without_xflip(self) -> ImageLabelDataset:
+        """The same images and labels (same skipped files, no re-check), without the mirrored copies; own zip handle."""
+        view = copy.copy(self)
+        view.xflip, view._zipfile, view._zip_pid = False, None, -1
+        return view
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image uint8 [C, R, R] (row 0 = top) and its label float32 [L]. Flipped copies follow the originals."""

@@ -19,6 +19,7 @@ from torch_utils.errors import UserError
 from train import main as train_main
 from training import snapshot
 from training.config import TrainConfig
+from training.grids import upscale_factor
 from training.init_from import init_networks
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
@@ -166,7 +167,8 @@ def test_train_cli_conditional_run_from_unconditional_snapshot(tmp_path, face_as
     assert options["init_from"] == src_path
     # Step 0: every row of the grid (one p per row, the same z per column) shows the source's images.
     grid = np.asarray(PIL.Image.open(run / "fakes_init.png"))
-    rows = grid.reshape(-1, R, grid.shape[1], 3)
+    cell = R * upscale_factor(R)  # cells are nearest-upsampled to at least 96 px
+    rows = grid.reshape(-1, cell, grid.shape[1], 3)
     assert all(np.array_equal(rows[0], row) for row in rows[1:])
     # After one step the injected-feature columns have left zero: the image now depends on rep.
     G = snapshot.load_network(str(next(run.glob("network-snapshot-*.pt"))))
