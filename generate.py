@@ -22,146 +22,14 @@ each grid of a conditional snapshot also gets <name>-p.npy (the p of every cell,
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
-from collections.abc import Callable
 
 import click
 import torch
 
 from generation import controlled as cg
+from generation.session import Options, SeedList, common_options, echo, open_fr, open_session, write
 from torch_utils.errors import Group, UserError
-
-
-@dataclasses.dataclass
-class Options:
-    """Options shared by every subcommand (see `common_options`)."""
-
-    network: str
-    outdir: str
-    trunc: float
-    noise_mode: str
-    batch: int
-    device: str
-    data: str | None
-    p_bank: str | None
-    bfm: str | None
-    render_backend: str | None
-    show_rep: bool
-    save_images: bool
-    verbose: bool
-
-
-@dataclasses.dataclass
-class Session:
-    """What a subcommand works with: G_ema, the cell sampler, the p bank [M, 257] (None if unconditional)."""
-
-    G: torch.nn.Module
-    sampler: cg.Sampler
-    bank: torch.Tensor | None
-    config: dict
-    device: torch.device
-    opts: Options
-
-
-class SeedList(click.ParamType):
-    """Click type for '0-31,40'-style seed lists, checked before any network is loaded."""
-
-    name = "SEEDS"
-
-    def convert(self, value, param, ctx) -> list[int]:
-        if isinstance(value, list):
-            return value
-        try:
-            return cg.parse_seeds(str(value))
-        except UserError as e:
-            self.fail(str(e), param, ctx)
-
-
-def common_options(fn: Callable) -> Callable:
-    """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
-    options = [
-        click.option(
-            "--network", required=True, help="network-snapshot-*.pt, training-state-*.pt or an NVIDIA StyleGAN2 .pkl"
-        ),
-        click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
-        click.option(
-            "--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=float, help="Truncation psi"
-        ),
-        click.option(
-            "--noise-mode", default="const", show_default=True, type=click.Choice(["const", "random", "none"])
-        ),
-        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per pass"),
-        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--data", help="Dataset whose labels form the p bank [default: the snapshot's]"),
-        click.option("--p-bank", help="p bank as a .npy array [M, 257] (instead of --data)"),
-        click.option("--bfm", help="BFM_model_front.mat for rep(p) [default: the snapshot's]"),
-        click.option(
-            "--render-backend",
-            type=click.Choice(["auto", "torch", "nvdiffrast"]),
-            help="Rasterizer [default: the snapshot's]",
-        ),
-        click.option("--show-rep", is_flag=True, help="Put the rep(p) render beside every sample"),
-        click.option("--save-images", is_flag=True, help="Also write every generated cell as its own PNG"),
-        click.option("--verbose/--quiet", default=True, show_default=True, help="Print progress"),
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(**kwargs):
-        names = {f.name for f in dataclasses.fields(Options)}
-        opts = Options(**{k: v for k, v in kwargs.items() if k in names})
-        return fn(opts, **{k: v for k, v in kwargs.items() if k not in names})
-
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
-
-
-def _log(opts: Options, message: str) -> None:
-    if opts.verbose:
-        click.echo(message)
-
-
-def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
-    """Load G_ema, then (for a conditional G) the p bank and the renderer; every problem is one UserError line."""
-    from training.resolve import build_renderer, pick_device, resolve_assets
-    from training.snapshot import load_network
-
-    if opts.data is not None and opts.p_bank is not None:
-        raise UserError("pass either --data or --p-bank, not both")
-    device = pick_device(opts.device)
-    G = load_network(opts.network, device)
-    config = getattr(G, "snapshot_config", {}) or {}
-    if needs_p and not G.is_conditional:
-        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but {opts.network} is unconditional (--no-cond); "
-                        "use 'images' or 'style-mix'")  # fmt: skip
-    if opts.show_rep and not G.is_conditional:
-        raise UserError("--show-rep needs a 3DMM-conditional snapshot; this one is unconditional (--no-cond)")
-    renderer = bank = None
-    bank_source = bfm = "-"
-    if G.is_conditional:
-        resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, need_data=opts.p_bank is None,
-                                  progress=opts.verbose, log=lambda msg: _log(opts, msg))  # fmt: skip
-        bank_source, bfm = opts.p_bank or resolved.data, resolved.bfm
-        bank = cg.load_p_bank(bank_source)
-        backend = opts.render_backend or "auto"  # both backends render the same contract; pick what runs here
-        renderer = build_renderer(bfm, backend, device)
-    sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
-                         batch=opts.batch, progress=opts.verbose)  # fmt: skip
-    kind = "3DMM-conditional" if G.is_conditional else "unconditional"
-    bank_info = f"p bank {len(bank)} x 257 from {bank_source}; face model {bfm}; " if bank is not None else ""
-    _log(opts, f"{opts.network}: {G.img_resolution}px {kind}, {G.num_ws} ws; {bank_info}device {device}, "
-               f"psi {opts.trunc}, noise {opts.noise_mode}")  # fmt: skip
-    return Session(G, sampler, bank, config, device, opts)
-
-
-def write(session: Session, result: cg.GridResult, stem: str) -> None:
-    """Save one grid (and its p / per-cell files) and report where it went."""
-    opts = session.opts
-    paths = cg.save_grid(result, opts.outdir, stem, show_rep=opts.show_rep, save_images=opts.save_images)
-    extra = f" (+{len(paths) - 1} files)" if len(paths) > 1 else ""
-    _log(opts, f"wrote {paths[0]}{extra}")
 
 
 @click.group(cls=Group)
@@ -231,11 +99,11 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
         raise UserError(f"--images: folder not found: {images_dir}")
     s = open_session(opts, "reference", needs_p=True)
     ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
-                          progress=opts.verbose, log=lambda msg: _log(opts, msg)).recon_ckpt  # fmt: skip
+                          progress=opts.verbose, log=lambda msg: echo(opts, msg)).recon_ckpt  # fmt: skip
     fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
-    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: _log(opts, m),
+    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: echo(opts, m),
                                                  opts.outdir)  # fmt: skip
-    _log(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
+    echo(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
     ref_p = cg.reconstruct(fr, ref_images, s.device, opts.batch)
     result = cg.reference_grid(s.sampler, seeds, s.bank, ref_images, ref_p, names)
     write(s, result, f"reference-seeds{cg.format_seeds(seeds)}")
@@ -263,7 +131,7 @@ def style_mix(opts: Options, row_seeds: list[int], col_seeds: list[int] | None, 
         raise UserError(f"--scale {'/'.join(scale)} selects no ws at {s.G.img_resolution}px; use --layers")
     for name, idx in jobs:
         if not idx:
-            _log(opts, f"skipping scale '{name}': no ws at {s.G.img_resolution}px")
+            echo(opts, f"skipping scale '{name}': no ws at {s.G.img_resolution}px")
             continue
         write(s, cg.style_mix_grid(s.sampler, row_seeds, col_seeds, s.bank, idx, p_seed), f"style-mix-{name}-{tag}")
 
@@ -308,15 +176,6 @@ def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | 
         PIL.Image.fromarray(maps_to_image(maps, cell)).save(path)
         sparsity = ", ".join(f"{k} {v:.3f}" for k, v in derivative_sparsity(maps).items())
         click.echo(f"{path}: active fraction {sparsity}")
-
-
-def open_fr(s: Session, recon_ckpt: str | None) -> torch.nn.Module:
-    """The snapshot's FR (or --recon-ckpt; the built-in synthetic FR for smoke snapshots) on the session device."""
-    from training.resolve import build_reconstructor, resolve_assets
-
-    ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
-                          progress=s.opts.verbose, log=lambda msg: _log(s.opts, msg)).recon_ckpt  # fmt: skip
-    return build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
 
 
 @cli.command(short_help="Invert real photos into (p, w, noise) of the generator.")
@@ -402,7 +261,7 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
         inverter = inversion_inverter(s.G, fr, s.sampler.renderer, s.device, invert_steps)
     app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr,
                  inverter=inverter)
-    _log(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
+    echo(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
     studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
 
