@@ -71,7 +71,7 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
                               need_face=G.is_conditional, need_fr=needs_fr, progress=opts.verbose,
                               log=print if opts.verbose else None)  # fmt: skip
     opts.data, opts.bfm, opts.recon_ckpt = resolved.data, resolved.bfm, resolved.recon_ckpt
-    dataset = ImageLabelDataset(opts.data)
+    dataset = ImageLabelDataset(opts.data, require_labels=G.is_conditional, progress=opts.verbose)
     if dataset.resolution != G.img_resolution:
         raise UserError(f"dataset is {dataset.resolution}px but the network generates {G.img_resolution}px")
     if any(spec.needs_real_images for spec in specs) and not opts.random_features:
@@ -85,7 +85,7 @@ def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> Metr
     from training.snapshot import load_network
 
     G = load_network(opts.network, device=device)
-    dataset = ImageLabelDataset(opts.data)
+    dataset = ImageLabelDataset(opts.data, require_labels=G.is_conditional, check_images=False)  # checked above
     make_rep = reconstructor = None
     if opts.bfm is not None:
         from training.rep import make_rep as render_rep

@@ -123,15 +123,18 @@ def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> No
     "--source",
     required=True,
     type=click.Path(exists=True, file_okay=False),
-    help="Folder of face photos (recursive); landmarks in <name>.txt beside each (5 or 68 rows 'x y')",
+    help="Folder of face photos (recursive); landmarks in <name>.txt beside each (5 or 68 rows 'x y'), detected "
+    "(faces extra) and written as <name>_landmarks.txt where missing",
 )
 @common_options
 def images(source: str, **opts: Any) -> None:
-    """Align any folder of face photos with landmark files and label them with FR."""
+    """Align any folder of face photos (landmark files or detected faces) and label them with FR."""
     from dataprep.builder import list_image_folder
+    from dataprep.photo_landmarks import detect_missing_landmarks
 
     _check_resolution(opts["resolution"])
     items = _run(list_image_folder, source=source, max_images=opts["max_images"])
+    _run(detect_missing_landmarks, items=items, device=opts["device"], progress=opts["progress"], log=click.echo)
     _build_realigned(items, "images", source, opts)
 
 
@@ -195,7 +198,7 @@ def synthetic(
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table")
 def info(path: str, as_json: bool) -> None:
     """Images, resolution, label dimension and per-group label statistics of a dataset."""
-    from dataprep.builder import dataset_info, format_info
+    from dataprep.info import dataset_info, format_info
 
     summary = _run(dataset_info, path=path)
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))

@@ -8,6 +8,8 @@ Examples:
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
     python generate.py studio     --network snap.pt --outdir out --port 7860          # sliders in a browser
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
+    python generate.py invert     --network snap.pt --outdir inv --images photos/                     # real photos
+    python generate.py edit       --network snap.pt --outdir inv --latent inv/me-latent.npz --attr angle
     python generate.py feature-derivatives --network snap.pt --outdir out --seeds 0                   # fig. 2
 
 p comes from a bank: the labels of the snapshot's training dataset (or --data), or a .npy [M, 257] (--p-bank);
@@ -20,146 +22,14 @@ each grid of a conditional snapshot also gets <name>-p.npy (the p of every cell,
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import os
-from collections.abc import Callable
 
 import click
 import torch
 
 from generation import controlled as cg
+from generation.session import Options, SeedList, common_options, echo, open_fr, open_session, write
 from torch_utils.errors import Group, UserError
-
-
-@dataclasses.dataclass
-class Options:
-    """Options shared by every subcommand (see `common_options`)."""
-
-    network: str
-    outdir: str
-    trunc: float
-    noise_mode: str
-    batch: int
-    device: str
-    data: str | None
-    p_bank: str | None
-    bfm: str | None
-    render_backend: str | None
-    show_rep: bool
-    save_images: bool
-    verbose: bool
-
-
-@dataclasses.dataclass
-class Session:
-    """What a subcommand works with: G_ema, the cell sampler, the p bank [M, 257] (None if unconditional)."""
-
-    G: torch.nn.Module
-    sampler: cg.Sampler
-    bank: torch.Tensor | None
-    config: dict
-    device: torch.device
-    opts: Options
-
-
-class SeedList(click.ParamType):
-    """Click type for '0-31,40'-style seed lists, checked before any network is loaded."""
-
-    name = "SEEDS"
-
-    def convert(self, value, param, ctx) -> list[int]:
-        if isinstance(value, list):
-            return value
-        try:
-            return cg.parse_seeds(str(value))
-        except UserError as e:
-            self.fail(str(e), param, ctx)
-
-
-def common_options(fn: Callable) -> Callable:
-    """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
-    options = [
-        click.option(
-            "--network", required=True, help="network-snapshot-*.pt, training-state-*.pt or an NVIDIA StyleGAN2 .pkl"
-        ),
-        click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
-        click.option(
-            "--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=float, help="Truncation psi"
-        ),
-        click.option(
-            "--noise-mode", default="const", show_default=True, type=click.Choice(["const", "random", "none"])
-        ),
-        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per pass"),
-        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
-        click.option("--data", help="Dataset whose labels form the p bank [default: the snapshot's]"),
-        click.option("--p-bank", help="p bank as a .npy array [M, 257] (instead of --data)"),
-        click.option("--bfm", help="BFM_model_front.mat for rep(p) [default: the snapshot's]"),
-        click.option(
-            "--render-backend",
-            type=click.Choice(["auto", "torch", "nvdiffrast"]),
-            help="Rasterizer [default: the snapshot's]",
-        ),
-        click.option("--show-rep", is_flag=True, help="Put the rep(p) render beside every sample"),
-        click.option("--save-images", is_flag=True, help="Also write every generated cell as its own PNG"),
-        click.option("--verbose/--quiet", default=True, show_default=True, help="Print progress"),
-    ]
-
-    @functools.wraps(fn)
-    def wrapper(**kwargs):
-        names = {f.name for f in dataclasses.fields(Options)}
-        opts = Options(**{k: v for k, v in kwargs.items() if k in names})
-        return fn(opts, **{k: v for k, v in kwargs.items() if k not in names})
-
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
-
-
-def _log(opts: Options, message: str) -> None:
-    if opts.verbose:
-        click.echo(message)
-
-
-def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
-    """Load G_ema, then (for a conditional G) the p bank and the renderer; every problem is one UserError line."""
-    from training.resolve import build_renderer, pick_device, resolve_assets
-    from training.snapshot import load_network
-
-    if opts.data is not None and opts.p_bank is not None:
-        raise UserError("pass either --data or --p-bank, not both")
-    device = pick_device(opts.device)
-    G = load_network(opts.network, device)
-    config = getattr(G, "snapshot_config", {}) or {}
-    if needs_p and not G.is_conditional:
-        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but {opts.network} is unconditional (--no-cond); "
-                        "use 'images' or 'style-mix'")  # fmt: skip
-    if opts.show_rep and not G.is_conditional:
-        raise UserError("--show-rep needs a 3DMM-conditional snapshot; this one is unconditional (--no-cond)")
-    renderer = bank = None
-    bank_source = bfm = "-"
-    if G.is_conditional:
-        resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, need_data=opts.p_bank is None,
-                                  progress=opts.verbose, log=lambda msg: _log(opts, msg))  # fmt: skip
-        bank_source, bfm = opts.p_bank or resolved.data, resolved.bfm
-        bank = cg.load_p_bank(bank_source)
-        backend = opts.render_backend or "auto"  # both backends render the same contract; pick what runs here
-        renderer = build_renderer(bfm, backend, device)
-    sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
-                         batch=opts.batch, progress=opts.verbose)  # fmt: skip
-    kind = "3DMM-conditional" if G.is_conditional else "unconditional"
-    bank_info = f"p bank {len(bank)} x 257 from {bank_source}; face model {bfm}; " if bank is not None else ""
-    _log(opts, f"{opts.network}: {G.img_resolution}px {kind}, {G.num_ws} ws; {bank_info}device {device}, "
-               f"psi {opts.trunc}, noise {opts.noise_mode}")  # fmt: skip
-    return Session(G, sampler, bank, config, device, opts)
-
-
-def write(session: Session, result: cg.GridResult, stem: str) -> None:
-    """Save one grid (and its p / per-cell files) and report where it went."""
-    opts = session.opts
-    paths = cg.save_grid(result, opts.outdir, stem, show_rep=opts.show_rep, save_images=opts.save_images)
-    extra = f" (+{len(paths) - 1} files)" if len(paths) > 1 else ""
-    _log(opts, f"wrote {paths[0]}{extra}")
 
 
 @click.group(cls=Group)
@@ -218,7 +88,7 @@ def resample_p(opts: Options, seeds: list[int], p_seeds: list[int]) -> None:
 @click.option("--images", "images_dir", required=True, help="Folder of reference photos (aligned crops, or raw "
               "photos with --landmarks)")  # fmt: skip
 @click.option("--landmarks", is_flag=True, help="Align raw photos with <name>.txt (or detections/<name>.txt) "
-              "landmarks, 5 or 68 'x y' rows, y-down pixels")  # fmt: skip
+              "landmarks, 5 or 68 'x y' rows, y-down pixels; detected (faces extra) where there is none")  # fmt: skip
 @click.option("--seeds", type=SeedList(), default="0-3", show_default=True, help="Rows: generated identities")
 @click.option("--recon-ckpt", help="FR checkpoint (epoch_20.pth layout) [default: the snapshot's]")
 def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int], recon_ckpt: str | None) -> None:
@@ -229,10 +99,11 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
         raise UserError(f"--images: folder not found: {images_dir}")
     s = open_session(opts, "reference", needs_p=True)
     ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
-                          progress=opts.verbose, log=lambda msg: _log(opts, msg)).recon_ckpt  # fmt: skip
+                          progress=opts.verbose, log=lambda msg: echo(opts, msg)).recon_ckpt  # fmt: skip
     fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
-    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks)
-    _log(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
+    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: echo(opts, m),
+                                                 opts.outdir)  # fmt: skip
+    echo(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
     ref_p = cg.reconstruct(fr, ref_images, s.device, opts.batch)
     result = cg.reference_grid(s.sampler, seeds, s.bank, ref_images, ref_p, names)
     write(s, result, f"reference-seeds{cg.format_seeds(seeds)}")
@@ -260,7 +131,7 @@ def style_mix(opts: Options, row_seeds: list[int], col_seeds: list[int] | None, 
         raise UserError(f"--scale {'/'.join(scale)} selects no ws at {s.G.img_resolution}px; use --layers")
     for name, idx in jobs:
         if not idx:
-            _log(opts, f"skipping scale '{name}': no ws at {s.G.img_resolution}px")
+            echo(opts, f"skipping scale '{name}': no ws at {s.G.img_resolution}px")
             continue
         write(s, cg.style_mix_grid(s.sampler, row_seeds, col_seeds, s.bank, idx, p_seed), f"style-mix-{name}-{tag}")
 
@@ -307,12 +178,75 @@ def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | 
         click.echo(f"{path}: active fraction {sparsity}")
 
 
+@cli.command(short_help="Invert real photos into (p, w, noise) of the generator.")
+@common_options
+@click.option("--images", "images_path", required=True, help="A photo or a folder of photos (raw; aligned here)")
+@click.option("--steps", default=500, show_default=True, type=int, help="Optimisation steps per photo")
+@click.option("--w-plus", is_flag=True, help="Optimise one w per layer (W+) instead of one w (W)")
+@click.option("--refine-p", is_flag=True, help="Also refine FR's p jointly (kept near FR's estimate)")
+@click.option("--vgg", type=click.Path(dir_okay=False), help="torchvision VGG-16 weights for a perceptual loss "
+              "[default: pixels + FR features, no extra weights]")  # fmt: skip
+@click.option("--recon-ckpt", help="FR checkpoint [default: the snapshot's]")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial noise maps")
+def invert(opts: Options, images_path: str, steps: int, w_plus: bool, refine_p: bool, vgg: str | None,
+           recon_ckpt: str | None, seed: int) -> None:  # fmt: skip
+    """Detect + align each photo, estimate p with FR, optimise w and the noise maps; print PSNR per photo."""
+    from dataprep.builder import sha256_file
+    from generation.inversion import InversionOptions
+    from generation.real_edit import invert_photos, list_photos
+
+    options = InversionOptions(steps=steps, w_plus=w_plus, refine_p=refine_p, seed=seed)
+    options.check()
+    paths = list_photos(images_path)
+    s = open_session(opts, "invert", needs_p=True)
+    fr = open_fr(s, recon_ckpt)
+    invert_photos(s.G, fr, s.sampler.renderer, paths, opts.outdir, options, opts.network,
+                  sha256_file(opts.network), vgg, log=click.echo, progress=opts.verbose)  # fmt: skip
+
+
+@cli.command(short_help="Edit one 3DMM group of an inverted photo.")
+@common_options
+@click.option("--latent", required=True, help="<stem>-latent.npz written by 'invert'")
+@click.option("--attr", required=True, type=click.Choice(["exp", "angle", "illum", "id"]), help="Group to edit")
+@click.option("--yaw", help="angle: yaw values in degrees, e.g. -30,-15,15,30 [default sweep]")
+@click.option("--pitch", help="angle: pitch values in degrees, e.g. -15,15")
+@click.option("--light-dir", multiple=True, help="illum: light direction x,y,z (x right, y up, z to the viewer; "
+              "repeatable) [default: left, right, top, bottom]")  # fmt: skip
+@click.option("--light-strength", default=0.5, show_default=True, type=float, help="illum: directional strength")
+@click.option("--scale", help="exp/id: multiply the group, e.g. 0,0.5,1.5,2 [exp default]")
+@click.option("--from-image", multiple=True, help="exp/id: take the group from this photo via FR (repeatable)")
+@click.option("--seeds", type=SeedList(), help="exp/id: take the group from p-bank rows of these seeds")
+@click.option("--recon-ckpt", help="FR checkpoint for --from-image [default: the snapshot's]")
+def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | None, light_dir: tuple[str, ...],
+         light_strength: float, scale: str | None, from_image: tuple[str, ...], seeds: list[int] | None,
+         recon_ckpt: str | None) -> None:  # fmt: skip
+    """A grid [target, reconstruction, edits]: only the chosen group of p changes; w and the noise maps stay."""
+    from dataprep.builder import sha256_file
+    from generation import real_edit
+    from generation.inversion import load_latent
+
+    s = open_session(opts, "edit", needs_p=True)
+    lat = load_latent(latent, s.G, sha256_file(opts.network))
+    photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt), s.G.img_resolution, opts.outdir)
+    edits, labels = real_edit.build_edits(lat.p, attr, yaw=yaw, pitch=pitch, light_dirs=light_dir,
+                                          light_strength=light_strength, scale=scale, seeds=seeds, bank=s.bank,
+                                          from_images=from_image, photo_p=photo_p)  # fmt: skip
+    result = real_edit.render_edits(s.G, s.sampler.renderer, lat, edits, attr, labels, opts.batch)
+    recon = real_edit.render_edits(s.G, s.sampler.renderer, lat, lat.p[None], attr, ["reconstruction"]).images[0]
+    stem = os.path.basename(latent).removesuffix(".npz").removesuffix("-latent")
+    path = real_edit.save_edit_grid(os.path.join(opts.outdir, f"{stem}-edit-{attr}.png"), lat.target, recon, result)
+    groups = ", ".join(result.changed) or "nothing (every edit equals the photo's p)"
+    click.echo(f"{path}: [target, reconstruction, {', '.join(labels)}]; changed only p[{groups}], w and noise kept")
+
+
 @cli.command(short_help="A browser editor: sliders for pose, expression, lighting, identity.")
 @common_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface)")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="Port of the page")
 @click.option("--recon-ckpt", help="FR checkpoint for the re-estimate view and photos [default: the snapshot's]")
-def studio(opts: Options, host: str, port: int, recon_ckpt: str | None) -> None:
+@click.option("--invert-steps", default=200, show_default=True, type=click.IntRange(min=0),
+              help="Uploaded photos: steps fitting w to the photo (as 'invert'); 0 = FR's p only, latent from z")
+def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_steps: int) -> None:
     """Serve a local web page that edits a face with sliders; saved edits (image, p, z) go to --outdir."""
     from generation import studio as studio_app
     from generation.studio_state import Studio
@@ -320,8 +254,14 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None) -> None:
     studio_app.import_gradio()  # the one-line install hint before any network is loaded
     s = open_session(opts, "studio", needs_p=False)
     fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.is_conditional else None
-    app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr)
-    _log(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
+    inverter = None
+    if fr is not None and invert_steps > 0:
+        from generation.studio_state import inversion_inverter
+
+        inverter = inversion_inverter(s.G, fr, s.sampler.renderer, s.device, invert_steps)
+    app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr,
+                 inverter=inverter)
+    echo(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
     studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
 

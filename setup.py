@@ -25,7 +25,12 @@ setup(
         "torch-fidelity>=0.3",
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4"],
+        # Tests: scikit-image ships the astronaut photograph the landmark tests run on; the faces extra's detector
+        # weights are needed by those tests too.
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.3", "ruff>=0.4", "scikit-image>=0.21", "facenet-pytorch==2.5.3"],
+        # Offline face detection: only the MTCNN weight files inside this MIT wheel are used (its code is not);
+        # 2.5.3 is the last release that does not pin an old torch.
+        "faces": ["facenet-pytorch==2.5.3"],
         "studio": ["gradio>=6.0", "gradio-client>=2.0"],  # generate.py studio (the browser editor)
     },
 )

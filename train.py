@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import tempfile
 
@@ -26,6 +25,7 @@ from torch_utils.misc import pick_device
 from training import snapshot
 from training.config import TrainConfig, resolve_config, validate
 from training.resolve import resolve_run
+from training.run_dir import RunLock, create_run_dir, lock_existing_run, next_run_number
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
@@ -50,18 +50,30 @@ class _Tee:
         return getattr(self.stream, name)
 
 
-def next_run_dir(outdir: str, desc: str) -> str:
-    """outdir/<00000>-<desc> with the next free number."""
-    os.makedirs(outdir, exist_ok=True)
-    ids = [int(m.group(1)) for d in os.listdir(outdir) if (m := re.match(r"^(\d+)-", d))]
-    return os.path.join(outdir, f"{max(ids, default=-1) + 1:05d}-{desc}")
+def prepare_assets(config: TrainConfig, dry_run: bool = False) -> str:
+    """Open and check the dataset and the face assets before any run directory exists; returns the data path.
 
-
-def prepare_assets(config: TrainConfig) -> str:
-    """Build missing built-in assets once (with progress) and open the dataset to check it; returns its path."""
-    dataset, resolved = resolve_run(config, progress=True)
+    A real run builds missing built-in assets once (with progress) and loads the face model and FR checkpoint on
+    the CPU, so that a bad file is refused here, leaving nothing behind. A dry run only resolves and checks the
+    dataset (the synthetic FR, minutes to train, is not built).
+    """
+    dataset, resolved = resolve_run(config, progress=True, need_fr=not dry_run)
     config.resolution = dataset.resolution
     dataset.close()
+    if dataset.skipped:
+        print(f"Leaving out {len(dataset.skipped)} bad image(s) (--skip-bad-images):")
+        for name, reason in dataset.skipped[:20]:
+            print(f"  {name}: {reason}")
+        if len(dataset.skipped) > 20:
+            print(f"  ... and {len(dataset.skipped) - 20} more")
+    if dry_run:
+        return resolved.data
+    if config.cond:
+        from deep3drecon.face_model import FaceModel
+        from deep3drecon.recon_net import load_recon_net
+
+        FaceModel.from_mat(resolved.bfm)
+        load_recon_net(resolved.recon_ckpt, backbone=config.recon_backbone)
     return resolved.data
 
 
@@ -98,8 +110,16 @@ def launch(config: TrainConfig, run_dir: str, resume_state: str | None) -> None:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             init_method = f"file://{os.path.abspath(os.path.join(tmp, '.torch_distributed_init'))}"
-            torch.multiprocessing.spawn(run_worker, args=(config, run_dir, resume_state, init_method),
-                                        nprocs=config.gpus)
+            try:
+                torch.multiprocessing.spawn(run_worker, args=(config, run_dir, resume_state, init_method),
+                                            nprocs=config.gpus)
+            except torch.multiprocessing.ProcessRaisedException as e:
+                # A rank's UserError (e.g. training.nonfinite.TrainingDiverged) arrives as its traceback text; its
+                # last line "module.Class: message" is the one line the user needs.
+                last = str(e).strip().splitlines()[-1]
+                if last.startswith(("torch_utils.errors.UserError: ", "training.nonfinite.TrainingDiverged: ")):
+                    raise UserError(last.split(": ", 1)[1]) from None
+                raise
 
 
 def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple[TrainConfig, str, str | None]:
@@ -111,7 +131,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
         raise UserError("--init-from starts a new run from pretrained weights, --resume continues a run: pass one")
     resume_state = None
     if resume is not None:
-        resume_state = snapshot.resolve_resume(resume, outdir)
+        resume_state = snapshot.resolve_resume(resume, outdir, log=print)
         saved = snapshot.safe_load(resume_state)
         if saved.get("format") != snapshot.STATE_FORMAT:
             raise UserError(f"--resume needs a training-state-*.pt, not a network snapshot: {resume_state}")
@@ -128,7 +148,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     else:
         config = resolve_config(cfg, flags)
         config.outdir = outdir
-        data_path = prepare_assets(config)
+        data_path = prepare_assets(config, dry_run)
         if config.init_from is not None:  # read it now: a missing, refused or generator-less file fails early
             from training.init_from import read_init_source
 
@@ -137,7 +157,8 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
         parts = [config.cfg, data_name, f"gpus{config.gpus}", f"batch{config.batch}", f"gamma{config.gamma:g}"]
         parts += ["nocond"] if not config.cond else []
         parts += [desc] if desc else []
-        run_dir = next_run_dir(outdir, "-".join(parts))
+        # The number is only planned here; claim_run_dir takes the next free one atomically.
+        run_dir = os.path.join(outdir, f"{next_run_number(outdir):05d}-{'-'.join(parts)}")
         config.desc = desc
     if not distributed.launched_by_torchrun() and config.device != "cpu" and torch.cuda.is_available():
         if config.gpus > torch.cuda.device_count():
@@ -180,6 +201,8 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
 @click.option("--resume", help="Continue a run: training-state .pt, run directory, or 'latest'", type=str)
 @click.option("--init-from", "init_from", type=str,
               help="New run from pretrained G/D/G_ema: NVIDIA StyleGAN2 .pkl, network snapshot or training state")
+@click.option("--skip-bad-images", "skip_bad_images", is_flag=True, default=None,
+              help="Leave out (and list) dataset images that fail the header check instead of stopping")
 @click.option("--desc", help="Extra text in the run directory name", type=str)
 @click.option("--device", help="auto | cuda | cpu", type=click.Choice(["auto", "cuda", "cpu"]))
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and exit")
@@ -192,9 +215,13 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
         distributed.init_torchrun()
         flags["gpus"] = distributed.get_world_size()
     outcome: list = [None]
+    lock = None
     if distributed.get_rank() == 0:
         try:
-            outcome = [("ok", setup_run(cfg, resume, dry_run, flags))]
+            config, run_dir, resume_state = setup_run(cfg, resume, dry_run, flags)
+            if not dry_run:
+                run_dir, lock = claim_run_dir(config, run_dir, resume_state)
+            outcome = [("ok", (config, run_dir, resume_state))]
         except UserError as e:
             outcome = [("error", str(e))]
     if torchrun:
@@ -213,17 +240,35 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
             print("Dry run; exiting.")
         distributed.shutdown()
         return
-    if distributed.get_rank() == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        if resume_state is None:
-            with open(os.path.join(run_dir, "training_options.json"), "w") as f:
-                json.dump(config.to_dict(), f, indent=2)
     distributed.barrier()
-    launch(config, run_dir, resume_state)
-    from training import smoke_report
+    try:
+        launch(config, run_dir, resume_state)
+        from training import smoke_report
 
-    if smoke_report.applies(config) and smoke_report.is_main_process():  # the built-in world's evidence
-        smoke_report.write_run_report(config, run_dir, pick_device(config.device))
+        if smoke_report.applies(config) and smoke_report.is_main_process():  # the built-in world's evidence
+            smoke_report.write_run_report(config, run_dir, pick_device(config.device))
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_run_dir(config: TrainConfig, planned: str, resume_state: str | None) -> tuple[str, RunLock]:
+    """Lock the resumed run directory, or create the new one atomically (locked) with training_options.json.
+
+    Returns (run_dir, lock); the lock is held until the run ends. UserError if another trainer holds it or the
+    output directory cannot be written.
+    """
+    if resume_state is not None:
+        return planned, lock_existing_run(planned)
+    outdir, name = os.path.split(planned)
+    run_dir, lock = create_run_dir(outdir, name.split("-", 1)[1])
+    try:
+        with open(os.path.join(run_dir, "training_options.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2)
+    except OSError as e:
+        lock.release()
+        raise UserError(f"cannot write {run_dir}/training_options.json: {e.strerror}") from None
+    return run_dir, lock
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from torch_utils.errors import UserError
+from dataprep.landmarks import landmarks_outside
+from deep3drecon.landmarks import check_landmarks, load_landmarks
+from torch_utils.errors import UserError, first_line
 from torch_utils.misc import pick_device
 
 TOOL_NAME = "taxfree3dmm dataset_tool"
@@ -250,26 +252,7 @@ class SourceItem:
     image_path: str
     landmarks: list[list[float]] | None = None
     landmarks_path: str | None = None
-
-
-def load_landmarks_txt(path: str | os.PathLike) -> np.ndarray:
-    """Read a landmark file of 5 or 68 rows 'x y' (y-down pixels, space/tab/comma separated) -> float64 [K, 2]."""
-    text = Path(path).read_text().replace(",", " ")
-    rows = [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    lm = np.array(rows, dtype=np.float64)
-    return check_landmarks(lm)
-
-
-def check_landmarks(lm: np.ndarray) -> np.ndarray:
-    """Validate landmarks: shape [5|68, 2], finite, not all on one point -> float64 [K, 2]; ValueError if not."""
-    lm = np.asarray(lm, dtype=np.float64)
-    if lm.ndim != 2 or lm.shape[1] != 2 or lm.shape[0] not in (5, 68):
-        raise ValueError(f"landmarks must be 5 or 68 rows of 'x y', got shape {lm.shape}")
-    if not np.isfinite(lm).all():
-        raise ValueError("landmarks contain NaN/inf")
-    if np.ptp(lm, axis=0).max() < 1e-3:
-        raise ValueError("landmarks are degenerate (all at one point)")
-    return lm
+    skip_reason: str | None = None  # set before decoding (e.g. the face detector found no face)
 
 
 def list_image_folder(source: str | os.PathLike, max_images: int | None = None) -> list[SourceItem]:
@@ -281,10 +264,13 @@ def list_image_folder(source: str | os.PathLike, max_images: int | None = None) 
     if not paths:
         raise UserError(f"--source {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
     paths = paths[:max_images] if max_images is not None else paths
-    return [
-        SourceItem(i, p.relative_to(root).as_posix(), str(p), landmarks_path=str(p.with_suffix(".txt")))
-        for i, p in enumerate(paths)
-    ]
+    items = []
+    for i, p in enumerate(paths):
+        # '<stem>.txt' (user-made) first, then '<stem>_landmarks.txt' (written by the detector on an earlier run).
+        detected = p.with_name(f"{p.stem}_landmarks.txt")
+        lm_path = detected if not p.with_suffix(".txt").is_file() and detected.is_file() else p.with_suffix(".txt")
+        items.append(SourceItem(i, p.relative_to(root).as_posix(), str(p), landmarks_path=str(lm_path)))
+    return items
 
 
 def list_ffhq(
@@ -359,11 +345,13 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
     """Decode one source photo, read its landmarks, align it at R and at FR's input size S (worker entry point)."""
     from deep3drecon.align import align_face  # lazy: keeps the worker import light
 
+    if item.skip_reason is not None:
+        return Skipped(item, item.skip_reason)
     try:
         if item.landmarks is not None:
             lm = check_landmarks(np.asarray(item.landmarks, dtype=np.float64))
         elif item.landmarks_path is not None and os.path.isfile(item.landmarks_path):
-            lm = load_landmarks_txt(item.landmarks_path)
+            lm = load_landmarks(item.landmarks_path)
         else:
             return Skipped(item, f"no landmarks ({item.landmarks_path or 'none in the json'})")
     except (ValueError, OSError) as exc:
@@ -372,12 +360,15 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
         with PIL.Image.open(item.image_path) as img:
             image = img.convert("RGB")  # forces the full decode here, so truncated files fail here
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        return Skipped(item, f"cannot read image: {type(exc).__name__}: {str(exc)[:120]}")
+        return Skipped(item, f"cannot read image: {type(exc).__name__}: {first_line(exc)}")
+    outside = landmarks_outside(lm, image.width, image.height)
+    if outside:
+        return Skipped(item, f"bad landmarks: {outside}")
     try:
         stored = align_face(image, lm, size=resolution)
         fr = stored if fr_size == resolution else align_face(image, lm, size=fr_size)
     except Exception as exc:  # a degenerate POS fit must not stop a 70k-image run
-        return Skipped(item, f"alignment failed: {type(exc).__name__}: {str(exc)[:120]}")
+        return Skipped(item, f"alignment failed: {type(exc).__name__}: {first_line(exc)}")
     return Prepared(
         item=item,
         png=encode_png(np.asarray(stored.image.convert("RGB"), dtype=np.uint8)),
@@ -485,49 +476,3 @@ def label_layout() -> dict[str, list[int]]:
     from deep3drecon.coeffs import COEFF_SLICES
 
     return {name: [s.start, s.stop] for name, s in COEFF_SLICES.items()}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# info.
-
-
-def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Summary of a dataset zip/folder: image count, resolution, label dim, per-group label statistics."""
-    from training.dataset import ImageLabelDataset
-
-    ds = ImageLabelDataset(os.fspath(path))
-    labels = ds.labels.astype(np.float64)
-    groups: dict[str, dict[str, float]] = {}
-    if labels.shape[1] == 257:
-        for name, (a, b) in label_layout().items():
-            g = labels[:, a:b]
-            # mean_dim_std: the spread of each coefficient, averaged over the group's dimensions.
-            groups[name] = {
-                "dims": b - a, "mean": g.mean(), "std": g.std(), "min": g.min(), "max": g.max(),
-                "mean_dim_std": g.std(axis=0).mean(),
-            }  # fmt: skip
-    meta = ds.meta if isinstance(ds.meta, dict) else {}
-    info = {
-        "path": str(path), "num_images": len(ds.image_names), "resolution": ds.resolution,
-        "channels": ds.num_channels, "label_dim": ds.label_dim, "label_stats": groups, "mode": meta.get("mode"),
-        "tool_version": meta.get("tool_version"), "num_skipped": meta.get("num_skipped"),
-    }  # fmt: skip
-    ds.close()
-    return to_jsonable(info)
-
-
-def format_info(info: dict[str, Any]) -> str:
-    """Human-readable table of `dataset_info` output."""
-    lines = [
-        f"{info['path']}: {info['num_images']} images, {info['resolution']}x{info['resolution']}x"
-        f"{info['channels']}, label dim {info['label_dim']}"
-        + (f", built by mode '{info['mode']}' (tool {info['tool_version']})" if info.get("mode") else "")
-    ]
-    if info["label_stats"]:
-        lines.append(f"{'group':<6} {'dims':>4} {'mean':>9} {'std':>9} {'min':>9} {'max':>9} {'dim-std':>9}")
-        for name, s in info["label_stats"].items():
-            lines.append(
-                f"{name:<6} {s['dims']:>4} {s['mean']:>9.4f} {s['std']:>9.4f} {s['min']:>9.4f} "
-                f"{s['max']:>9.4f} {s['mean_dim_std']:>9.4f}"
-            )
-    return "\n".join(lines)

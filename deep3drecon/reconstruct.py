@@ -1,10 +1,12 @@
 """Reconstruct 3DMM coefficients for one image: align, run FR, render the fit over the crop.
 
-    python -m deep3drecon.reconstruct --image IMG --landmarks TXT --bfm BFM_model_front.mat \
+    python -m deep3drecon.reconstruct --image IMG [--landmarks TXT] --bfm BFM_model_front.mat \
         --checkpoint epoch_20.pth --outdir DIR [--backend auto|torch|nvdiffrast] [--device auto|cpu|cuda]
 
 `--landmarks`: text file with 5 (MTCNN order: eye on the image's left, eye on the image's right, nose tip, left and
-right mouth corners) or 68 rows `x y`, y-DOWN pixel coordinates of the original image.
+right mouth corners) or 68 rows `x y`, y-DOWN pixel coordinates of the original image. Without it, `<stem>.txt` or
+`<stem>_landmarks.txt` beside the image is used, else the face detector (`deep3drecon.landmarks`, the `faces` extra)
+finds the largest face and its five points are written to DIR/<stem>_landmarks.txt.
 Writes DIR/<stem>_crop.png (aligned 224 crop, Deep3DFaceRecon framing), DIR/<stem>_coeffs.npy (257 float32:
 id 80 | exp 64 | tex 80 | angle 3 | gamma 27 | trans 3) and DIR/<stem>_overlay.png (the render pasted on the crop).
 """
@@ -21,6 +23,7 @@ from PIL import Image
 
 from deep3drecon.assets import resolve_bfm, resolve_recon_checkpoint
 from deep3drecon.face_model import FaceModel
+from deep3drecon.landmarks import load_landmarks
 from deep3drecon.recon_net import FR_INPUT_SIZE, load_recon_net
 from deep3drecon.reconstructor import FaceReconstructor
 from torch_utils.errors import Command, UserError
@@ -34,17 +37,6 @@ class Reconstruction:
     crop: Image.Image
     coeffs: np.ndarray
     overlay: Image.Image
-
-
-def load_landmarks(path: str | Path) -> np.ndarray:
-    """Read a 5- or 68-row `x y` text file -> [K, 2] float32 y-down pixels; UserError on any other shape."""
-    try:
-        lm = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as exc:
-        raise UserError(f"Cannot parse landmarks file {path}: {exc}") from exc
-    if lm.shape not in ((5, 2), (68, 2)) or not np.isfinite(lm).all():
-        raise UserError(f"Landmarks file {path} must hold 5 or 68 finite rows of 'x y'; got shape {lm.shape}")
-    return lm.astype(np.float32)
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -80,7 +72,8 @@ def reconstruct_image(
 
 @click.command(cls=Command)
 @click.option("--image", "image_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--landmarks", "landmarks_path", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--landmarks", "landmarks_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="5 or 68 rows 'x y' [default: <stem>.txt beside the image, else detected]")
 @click.option("--bfm", default=None, type=click.Path(dir_okay=False), help="BFM_model_front.mat (default: cache)")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="FR epoch_20.pth (default: cache)")
 @click.option("--outdir", type=click.Path(file_okay=False), required=True)
@@ -88,7 +81,7 @@ def reconstruct_image(
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 def main(
     image_path: str,
-    landmarks_path: str,
+    landmarks_path: str | None,
     bfm: str | None,
     checkpoint: str | None,
     outdir: str,
@@ -102,10 +95,16 @@ def main(
         # Validate every input before any heavy work, so mistakes surface as one line.
         bfm_path = resolve_bfm(bfm)
         ckpt_path = resolve_recon_checkpoint(checkpoint)
-        landmarks = load_landmarks(landmarks_path)
         dev = pick_device(device)
         image = Image.open(image_path)
         image.load()
+        if landmarks_path is not None:
+            landmarks = load_landmarks(landmarks_path)
+        else:
+            from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
+
+            landmarks, note = find_or_detect_landmarks(image_path, image, lambda: load_face_detector(dev), outdir)
+            click.echo(note)
         face_model = FaceModel.from_mat(bfm_path).to(dev)
         fr = FaceReconstructor(load_recon_net(ckpt_path)).to(dev)
         renderer = Renderer(face_model, backend=backend).to(dev)

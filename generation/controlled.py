@@ -149,14 +149,21 @@ def load_p_bank(path: str) -> torch.Tensor:
     return torch.from_numpy(bank)
 
 
-def load_reference_images(folder: str, size: int, landmarks: bool = False) -> tuple[list[str], torch.Tensor]:
+def load_reference_images(folder: str, size: int, landmarks: bool = False, log=None,
+                          landmarks_outdir: str | None = None) -> tuple[list[str], torch.Tensor]:  # fmt: skip
     """Photos in folder (sorted) -> (stems, images [C, 3, size, size] float32 in [-1, 1], row 0 = top).
 
     Without landmarks every image must already be an aligned square crop (any size; the crop framing is
     resolution independent, so it is resized). With landmarks, `<stem>.txt` beside the photo or in
-    `detections/` (Deep3DFaceRecon's layout: 5 or 68 rows 'x y', y-down pixels) drives deep3drecon.align.
+    `detections/` (Deep3DFaceRecon's layout: 5 or 68 rows 'x y', y-down pixels) drives deep3drecon.align; a photo
+    with neither is run through the face detector (deep3drecon.landmarks) and its points are written to
+    <landmarks_outdir or folder>/<stem>_landmarks.txt; `log(message)` reports each detection.
     """
     from deep3drecon.align import align_face
+    from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
+
+    detector: list = []
+    get_detector = lambda: detector[0] if detector else (detector.append(load_face_detector()) or detector[0])
 
     if not os.path.isdir(folder):
         raise UserError(f"reference image folder not found: {folder}")
@@ -168,11 +175,13 @@ def load_reference_images(folder: str, size: int, landmarks: bool = False) -> tu
         stem = os.path.splitext(name)[0]
         image = PIL.Image.open(os.path.join(folder, name)).convert("RGB")
         if landmarks:
-            candidates = [os.path.join(folder, f"{stem}.txt"), os.path.join(folder, "detections", f"{stem}.txt")]
-            lm_path = next((c for c in candidates if os.path.isfile(c)), None)
-            if lm_path is None:
-                raise UserError(f"no landmarks for {name}: expected {candidates[0]} or {candidates[1]}")
-            image = align_face(image, np.loadtxt(lm_path, dtype=np.float64).reshape(-1, 2), size=size).image
+            candidates = [os.path.join(folder, f"{stem}{suffix}.txt") for suffix in ("", "_landmarks")]
+            candidates.append(os.path.join(folder, "detections", f"{stem}.txt"))
+            lm, note = find_or_detect_landmarks(os.path.join(folder, name), image, get_detector,
+                                                landmarks_outdir, candidates)  # fmt: skip
+            if log is not None and note.startswith("detected"):
+                log(f"{name}: {note}")
+            image = align_face(image, lm, size=size).image
         elif image.width != image.height:
             raise UserError(f"{name} is {image.width}x{image.height}: pass aligned square crops or use --landmarks")
         if image.size != (size, size):

@@ -199,6 +199,47 @@ def fr_inverter(reconstructor: torch.nn.Module, resolution: int, device: torch.d
     return invert
 
 
+def inversion_inverter(G: torch.nn.Module, reconstructor: Callable[[], torch.nn.Module], renderer: torch.nn.Module,
+                       device: torch.device, steps: int) -> Inverter:  # fmt: skip
+    """Inverter running `generate.py invert`'s pipeline on an uploaded photo: p and ws, both fitted to the photo.
+
+    The photo is detected and aligned to G's framing (the faces extra; without it, or when a square image shows no
+    detectable face, it is taken as an aligned crop and resized), p starts at FR's estimate, then `steps` Adam steps
+    fit w (W space) and the noise maps. The studio then renders (p, ws) with the page's noise mode, so sliders edit
+    p of the photo while its latent stays fitted.
+    """
+    from deep3drecon.landmarks import NoFaceError
+    from generation.inversion import InversionOptions, image_to_target, invert_image, prepare_photo
+
+    detector: list = []  # built on the first photo, then reused
+
+    def invert(photo: PIL.Image.Image) -> Inverted:
+        res = G.img_resolution
+        if not detector:
+            from deep3drecon.landmarks import load_face_detector
+
+            try:
+                detector.append(load_face_detector(device))
+            except UserError:
+                detector.append(None)  # no faces extra: only aligned crops can be used
+        target = None
+        if detector[0] is not None:
+            try:
+                target = prepare_photo(photo, res, detector=detector[0]).target
+            except NoFaceError:
+                if photo.width != photo.height:
+                    raise
+        if target is None:  # no detector, or a square image with no face found: take it as an aligned crop
+            if photo.width != photo.height:
+                raise UserError(f"the photo is {photo.width}x{photo.height}: upload an aligned square face crop, or "
+                                'install the face detector (pip install -e ".[faces]") to align raw photos')
+            target = image_to_target(photo.resize((res, res), PIL.Image.Resampling.BICUBIC))
+        result = invert_image(G, reconstructor(), renderer, target, InversionOptions(steps=steps), progress=False)
+        return Inverted(result.p.numpy().astype(np.float32), result.ws.numpy().astype(np.float32))
+
+    return invert
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Rendering and saving.
 

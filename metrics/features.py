@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from torch_utils.errors import UserError
+from torch_utils.errors import UserError, first_line
 
 # torch-fidelity's conversion of the TF graph "inception-2015-12-05" (pool3 = 2048-d, the FID features).
 INCEPTION_URL = (
@@ -96,8 +96,7 @@ def load_inception_state_dict(path: str) -> dict[str, torch.Tensor]:
         with open(path, "rb") as f:
             state_dict = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # a refused pickle, a truncated file, an unreadable path: one line for the user
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path} is not a plain state dict of Inception weights ({first_line[:200]})") from exc
+        raise UserError(f"{path} is not a plain state dict of Inception weights ({first_line(exc)})") from exc
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise UserError(f"{path} is not a state dict of tensors (name -> tensor)")
     return state_dict

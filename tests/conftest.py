@@ -13,6 +13,9 @@ import torch
 
 torch.set_num_threads(1)  # CI has 2 cores shared by 2 xdist workers
 
+# Fixtures shared across test folders (a tiny conditional snapshot with its face model and FR).
+pytest_plugins = ["tests.conditional_fixtures"]
+
 
 def run_training_loop(config, run_dir: str, device: torch.device, resume_state: str | None = None) -> dict:
     """train.py's single-process path: resolve the run's dataset and assets, then run the loop."""

@@ -114,7 +114,7 @@ def get_plugin(
             print("Done.", file=sys.stderr, flush=True)
     except Exception as err:  # noqa: BLE001 - any build/import failure means "use the reference path"
         module = None
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[-1]  # a build log's last line says why
         if _verbosity == "full":
             traceback.print_exc()
         if _is_rank0():

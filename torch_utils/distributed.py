@@ -75,22 +75,29 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
 
 
 @torch.no_grad()
-def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
-    """Average .grad over ranks exactly (one flat all-reduce) and sanitise NaN/Inf like StyleGAN2."""
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
+    """Average .grad over ranks exactly (one flat all-reduce); returns how many gradient values are NaN.
+
+    The count is a 0-d int64 tensor on the gradients' device (no host sync; equal on every rank, since NaN survives
+    the all-reduce), for the caller to stop the run on (training.nonfinite). NaN is left in place, never turned
+    into zeros that would hide a diverged run. An infinite value is clipped to +-1e5 as in StyleGAN2 (an fp16
+    overflow must not poison Adam's moments); finite values are untouched.
+    """
     params = [p for p in params if p.grad is not None]
     if not params:
-        return
+        return torch.zeros([], dtype=torch.int64)
     flat = torch.cat([p.grad.flatten() for p in params])
     if is_initialized() and get_world_size() > 1:
         dist.all_reduce(flat)
         flat /= get_world_size()
-    # A single overflow in fp16 layers must not poison Adam's moments.
-    torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5, out=flat)
+    num_nan = torch.isnan(flat).sum()
+    torch.nan_to_num(flat, nan=float("nan"), posinf=1e5, neginf=-1e5, out=flat)
     offset = 0
     for p in params:
         n = p.numel()
         p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
+    return num_nan
 
 
 @torch.no_grad()

@@ -14,6 +14,15 @@ class UserError(ValueError):
     """A problem with the user's input; the CLIs print its message as one line instead of a traceback."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's text (whole, never cut mid-sentence), else its type name.
+
+    For messages that say what is wrong in the project's words and then quote the library's reason.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class _OneLineUserErrors:
     """Click mixin: re-raises a UserError from the command (or any subcommand) as click.ClickException."""
 

@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int = 0
     workers: int = 3
     xflip: bool = False                    # off: mirroring images would contradict their 3DMM labels
+    skip_bad_images: bool = False          # leave out (and list) images that fail the open-time check
     metrics: list[str] = dataclasses.field(default_factory=list)
     resume: str | None = None
     init_from: str | None = None           # new run from pretrained weights: NVIDIA .pkl / snapshot / training state
@@ -53,6 +54,15 @@ class TrainConfig:
     ema_kimg: float = 20.0
     ema_rampup: float | None = None
     style_mixing_prob: float = 0.0         # the paper turns style mixing off
+    # Two StyleGAN2-ADA details the paper (following StyleGAN3) drops; README "Fidelity notes".
+    g_reg_interval: int | None = None      # G's Adam lr x I/(I+1), betas ** (I/(I+1)); None = unscaled (SG3, no PL)
+    w_avg_in_g_pass: bool = False          # also move w_avg in the G pass (SG2-ADA: twice per iteration; SG3: D only)
+    # Fast paths (training/fast_paths.py); every default is the plain path.
+    allow_tf32: bool = False               # TF32 matmuls/convs (SG2-ADA and SG3 force it off)
+    channels_last: bool = False            # NHWC weights for the fp16 blocks of G and D (CUDA tensor cores)
+    adam_impl: str = "auto"                # auto (torch's choice) | forloop | foreach | fused
+    fr_autocast: str = "off"               # off | bf16 | fp16: the consistency loss's FR under autocast
+    compile_fr: bool = False               # torch.compile the FR forward+backward (never the R1 double backward)
     # The method (section 2.2-2.3).
     cond: bool = True                      # False = the unconditional StyleGAN2 baseline, same code
     enc_channel_base: int = 4096
@@ -130,6 +140,12 @@ def validate(config: TrainConfig) -> None:
         raise UserError("--gamma, --lambda-cons and --blend-kimg must be non-negative")
     if config.render_backend not in ("auto", "torch", "nvdiffrast"):
         raise UserError(f"--render-backend must be auto, torch or nvdiffrast, not '{config.render_backend}'")
+    if config.adam_impl not in ("auto", "forloop", "foreach", "fused"):
+        raise UserError(f"adam_impl must be auto, forloop, foreach or fused, not '{config.adam_impl}'")
+    if config.fr_autocast not in ("off", "bf16", "fp16"):
+        raise UserError(f"fr_autocast must be off, bf16 or fp16, not '{config.fr_autocast}'")
+    if config.g_reg_interval is not None and config.g_reg_interval < 1:
+        raise UserError(f"g_reg_interval must be None or at least 1, not {config.g_reg_interval}")
     if config.device not in ("auto", "cuda", "cpu"):
         raise UserError(f"--device must be auto, cuda or cpu, not '{config.device}'")
     if config.data is None and config.builtin_data is None:

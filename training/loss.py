@@ -22,8 +22,9 @@ class GANLoss:
 
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, stats: StatsCollector, r1_gamma: float = 1.0,
                  style_mixing_prob: float = 0.0, consistency: ConsistencyLoss | None = None,
-                 lambda_cons: float = 20.0) -> None:
+                 lambda_cons: float = 20.0, w_avg_in_g_pass: bool = False) -> None:
         self.G, self.D, self.stats = G, D, stats
+        self.w_avg_in_g_pass = w_avg_in_g_pass  # StyleGAN2-ADA moves w_avg in the G pass too (StyleGAN3: D only)
         self.r1_gamma = r1_gamma
         self.style_mixing_prob = style_mixing_prob
         self.consistency = consistency
@@ -42,7 +43,8 @@ class GANLoss:
                              gen_rep: torch.Tensor | None, alpha: float, gain: float) -> None:
         """Backward one phase's loss for one accumulation round. real_img [N, 3, R, R] in [-1, 1]."""
         if phase == "Gmain":
-            fake = self.run_G(gen_z, gen_rep)
+            # gen_rep = rep(p), rendered once for this round: it feeds E (eq. 7) and the consistency target (eq. 6).
+            fake = self.run_G(gen_z, gen_rep, update_emas=self.w_avg_in_g_pass)
             logits = self.D(fake)
             loss_gan = F.softplus(-logits).flatten()  # -log(sigmoid(D(G)))
             self.stats.report("Loss/scores/fake", logits)

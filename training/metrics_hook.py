@@ -26,9 +26,7 @@ def run_snapshot_metrics(config: TrainConfig, G_ema: torch.nn.Module, dataset, r
 
             reconstructor = build_reconstructor(recon_path, device, config.recon_backbone)
         if getattr(dataset, "xflip", False):  # metrics see the dataset as it is, like calc_metrics.py
-            from training.dataset import ImageLabelDataset
-
-            dataset = ImageLabelDataset(dataset.path)
+            dataset = dataset.without_xflip()
         ctx = MetricContext(
             G=G_ema, dataset=dataset, p_bank=dataset.labels if config.cond else None, reconstructor=reconstructor,
             make_rep=functools.partial(make_rep, renderer, size=dataset.resolution) if renderer is not None else None,

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_utils.errors import UserError
+from torch_utils.errors import UserError, first_line
 
 PERSISTENCE_VERSION = 6  # torch_utils.persistence._version in both NVIDIA code bases
 SUPPORTED = "unconditional StyleGAN2 networks from stylegan2-ada-pytorch or stylegan3 --cfg=stylegan2"
@@ -260,8 +260,7 @@ def read_pickle(path: str) -> Any:
     except UserError as e:
         raise UserError(f"cannot read {path}: {e}") from None
     except Exception as e:  # truncated/corrupt: EOFError, UnpicklingError, ValueError, RuntimeError, ...
-        detail = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"cannot read NVIDIA network pickle {path} (truncated or corrupt): {detail}") from None
+        raise UserError(f"cannot read NVIDIA network pickle {path} (truncated or corrupt): {first_line(e)}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -125,15 +125,19 @@ def build_reconstructor(ckpt_path: str, device: torch.device, backbone: str | No
     return FaceReconstructor(load_recon_net(ckpt_path, backbone=backbone)).to(device)
 
 
-def resolve_run(config: TrainConfig, progress: bool = False,
-                log: Callable[[str], None] | None = None) -> tuple[ImageLabelDataset, ResolvedAssets]:
+def resolve_run(config: TrainConfig, progress: bool = False, log: Callable[[str], None] | None = None,
+                need_fr: bool = True) -> tuple[ImageLabelDataset, ResolvedAssets]:  # fmt: skip
     """A training run's inputs: (the opened dataset, its ResolvedAssets) from a TrainConfig.
 
     The dataset is the config's (or the built-in one); face model and FR are resolved for the method only
-    (config.cond). Raises UserError on a dataset whose labels the method cannot use.
+    (config.cond; need_fr=False leaves the FR out, e.g. for a dry run that must not build the synthetic one).
+    Raises UserError on a dataset whose labels the method cannot use.
     """
-    resolved = resolve_assets(config.to_dict(), need_face=config.cond, need_fr=config.cond, progress=progress, log=log)
-    dataset = ImageLabelDataset(resolved.data, resolution=config.resolution, xflip=config.xflip)
+    resolved = resolve_assets(config.to_dict(), need_face=config.cond, need_fr=config.cond and need_fr,
+                              progress=progress, log=log)  # fmt: skip
+    dataset = ImageLabelDataset(resolved.data, resolution=config.resolution, xflip=config.xflip,
+                                require_labels=config.cond, skip_bad_images=config.skip_bad_images,
+                                progress=progress)  # fmt: skip
     if config.cond and dataset.label_dim != 257:
         raise UserError(f"{resolved.data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
                         "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")

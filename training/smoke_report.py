@@ -39,10 +39,10 @@ def is_main_process() -> bool:
 
 
 def network_snapshots(run_dir: str) -> list[str]:
-    """network-snapshot-*.pt in run_dir, oldest (smallest kimg) first."""
-    from training.snapshot import snapshot_kimg
+    """network-snapshot-*.pt in run_dir, oldest (fewest images) first."""
+    from training.snapshot import snapshot_nimg
 
-    return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pt")), key=snapshot_kimg)
+    return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pt")), key=snapshot_nimg)
 
 
 def _recorded(run_dir: str, snapshot_name: str) -> dict | None:

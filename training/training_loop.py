@@ -16,7 +16,7 @@ import torch
 
 from torch_utils import distributed
 from torch_utils.training_stats import StatsCollector
-from training import snapshot
+from training import fast_paths, snapshot
 from training.config import TrainConfig
 from training.consistency import ConsistencyLoss, blend_alpha
 from training.dataset import ImageLabelDataset, make_loader
@@ -25,6 +25,7 @@ from training.init_from import init_networks
 from training.loss import GANLoss
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
+from training.nonfinite import NonFiniteGuard
 from training.rep import make_rep
 from training.reporting import TickReporter
 from training.resolve import ResolvedAssets, build_reconstructor, build_renderer
@@ -43,13 +44,12 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     dataset: the real images x [3, R, R] uint8 and their 257-d labels (the bank p is drawn from); assets: the
     resolved face model and FR paths (None for --no-cond), from training.resolve.
     """
-    # Seeds and numerics: per-rank streams from one global seed; no TF32 (numbers users compare against).
+    # Seeds and numerics: per-rank streams from one global seed; TF32 off unless config.allow_tf32.
     start_time = time.time()
     torch.manual_seed(config.seed * world_size + rank)
     np.random.seed((config.seed * world_size + rank) % 2**32)
     torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    fast_paths.set_tf32(config.allow_tf32)
     batch_gpu = config.batch_gpu or config.batch // world_size
     num_rounds = config.batch // (batch_gpu * world_size)
     if batch_gpu * num_rounds * world_size != config.batch:  # would silently train on another batch than counted
@@ -67,6 +67,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     G_ema = copy.deepcopy(G).eval()
     if config.init_from is not None and resume_state is None:  # new run from pretrained weights; counters at 0
         init_networks(config.init_from, G, D, G_ema, log=lambda message: _log(rank, message))
+    if config.channels_last:
+        fast_paths.apply_channels_last(G, D, G_ema)
 
     # The method's 3DMM side: the renderer for rep(p) (eq. 3) and the frozen FR of the consistency loss (eq. 5).
     renderer = consistency = None
@@ -76,13 +78,14 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         renderer = build_renderer(assets.bfm, config.render_backend, device)
         if config.lambda_cons > 0:
             reconstructor = build_reconstructor(assets.recon_ckpt, device, config.recon_backbone)
-            consistency = ConsistencyLoss(renderer, reconstructor)
+            consistency = ConsistencyLoss(renderer, reconstructor, config.fr_autocast,
+                                          compile_backend="inductor" if config.compile_fr else None)
         _log(rank, f"Renderer backend: {renderer.backend}")
 
-    # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2).
-    mb_ratio = config.d_reg_interval / (config.d_reg_interval + 1)
-    opt_G = torch.optim.Adam(G.parameters(), lr=config.glr, betas=(0.0, 0.99), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=config.dlr * mb_ratio, betas=(0.0, 0.99**mb_ratio), eps=1e-8)
+    # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2); G's
+    # only with config.g_reg_interval (StyleGAN2-ADA keeps 4 without path length; StyleGAN3 and paper256: None).
+    opt_G = fast_paths.make_adam(G.parameters(), config.glr, (0.0, 0.99), config.adam_impl, config.g_reg_interval)
+    opt_D = fast_paths.make_adam(D.parameters(), config.dlr, (0.0, 0.99), config.adam_impl, config.d_reg_interval)
     # z/p stream seeded apart from torch's global generator, so it never replays weight init or noise numbers.
     rng_seed = int(np.random.SeedSequence([config.seed, rank, 1]).generate_state(1)[0])
     rng = torch.Generator(device=device).manual_seed(rng_seed)
@@ -100,7 +103,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     # Loss, data order, and the statistics every rank reports.
     stats = StatsCollector(device)
     loss = GANLoss(G, D, stats, r1_gamma=config.gamma, style_mixing_prob=config.style_mixing_prob,
-                   consistency=consistency, lambda_cons=config.lambda_cons)  # fmt: skip
+                   consistency=consistency, lambda_cons=config.lambda_cons,
+                   w_avg_in_g_pass=config.w_avg_in_g_pass)  # fmt: skip
     loader = make_loader(dataset, batch_gpu, rank, world_size, config.seed, start=cur_nimg // world_size,
                          workers=config.workers, pin_memory=device.type == "cuda")  # fmt: skip
 
@@ -116,7 +120,9 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         if grid_rep is not None:
             save_image_grid(grid_rep[:, :3].repeat_interleave(gw, 0), os.path.join(run_dir, "reps.png"), gw)
         save_image_grid(generate_grid(G_ema, grid_z, grid_rep, batch_gpu), os.path.join(run_dir, "fakes_init.png"), gw)
-    reporter = TickReporter(run_dir, stats, device, rank)
+    resume_point = (cur_nimg, cur_tick - 1) if resume_state else None  # logs past it came from the killed run
+    reporter = TickReporter(run_dir, stats, device, rank, resume_point=resume_point)
+    guard = NonFiniteGuard(device)
 
     def sample_conditions() -> tuple[torch.Tensor, torch.Tensor | None]:
         """Fresh z [batch_gpu, z_dim] and rep(p) [batch_gpu, 9, R, R] of bank rows p (None for --no-cond)."""
@@ -127,6 +133,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         with torch.no_grad():
             return z, make_rep(renderer, p, R)
 
+    _log(rank, fast_paths.describe(config))
     _log(rank, f"Training for {config.kimg} kimg: batch {config.batch} = {world_size} process(es) x {num_rounds} "
                f"round(s) x {batch_gpu}")  # fmt: skip
     total_nimg = int(config.kimg * 1000)
@@ -138,14 +145,15 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         # Status at the end of each tick (tick 0 ends after the first iteration).
         tick_done = done or cur_tick == 0 or cur_nimg >= tick_start_nimg + config.tick_kimg * 1000
         if tick_done and batch_idx > 0:
-            reporter.tick(cur_tick=cur_tick, cur_nimg=cur_nimg, tick_start_nimg=tick_start_nimg,
+            tick_stats = reporter.tick(cur_tick=cur_tick, cur_nimg=cur_nimg, tick_start_nimg=tick_start_nimg,
                           tick_start_time=tick_start_time, start_time=start_time, maintenance_time=maintenance_time,
                           alpha=blend_alpha(cur_nimg, config.blend_kimg))  # fmt: skip
+            guard.check(tick_stats, cur_tick, run_dir)  # a diverged run stops here, before its snapshot
 
             # Snapshot: fakes grid, network snapshot, training state, metrics (every config.snap ticks and at the end).
             maint_start = time.time()
             if done or cur_tick % config.snap == 0:
-                kimg_tag = f"{cur_nimg // 1000:06d}"
+                kimg_tag = snapshot.snapshot_tag(cur_nimg)
                 if rank == 0:
                     fakes = generate_grid(G_ema, grid_z, grid_rep, batch_gpu)
                     save_image_grid(fakes, os.path.join(run_dir, f"fakes{kimg_tag}.png"), gw)
@@ -168,7 +176,10 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
             break
 
         # Accumulate and step: one real batch shared by the phases, fresh z and p for every phase and round.
-        reals = [next(loader)[0].to(device, non_blocking=True).float() / 127.5 - 1 for _ in range(num_rounds)]
+        wait_start = time.perf_counter()
+        batches = [next(loader)[0] for _ in range(num_rounds)]
+        reporter.add_loader_wait(time.perf_counter() - wait_start)  # time the step waited for data
+        reals = [images.to(device, non_blocking=True).float() / 127.5 - 1 for images in batches]
         alpha = blend_alpha(cur_nimg, config.blend_kimg)  # eq. 6
         phases = [("Gmain", G, opt_G, 1), ("Dmain", D, opt_D, 1)]
         if config.gamma > 0 and batch_idx % config.d_reg_interval == 0:
@@ -180,7 +191,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
                 z, rep = sample_conditions() if phase != "Dreg" else (None, None)
                 loss.accumulate_gradients(phase, real, z, rep, alpha, gain)
             net.requires_grad_(False)
-            distributed.average_gradients(net.parameters())
+            guard.observe(distributed.average_gradients(net.parameters()), phase, batch_idx, cur_nimg)
             opt.step()
 
         # EMA of G (half-life ema_kimg, optional ramp-up in the first images).
@@ -209,9 +220,9 @@ def _restore_state(path: str, G, D, G_ema, opt_G, opt_D, rng: torch.Generator, d
     """Load a training state into the networks, optimisers and RNGs; returns (cur_nimg, next tick, batch_idx)."""
     state = snapshot.safe_load(path)
     for module, key in ((G, "G"), (D, "D"), (G_ema, "G_ema")):
-        module.load_state_dict(state[key])
-    opt_G.load_state_dict(state["opt_G"])
-    opt_D.load_state_dict(state["opt_D"])
+        snapshot.load_state_into(module, state[key], key, path)
+    snapshot.load_optimizer_into(opt_G, state["opt_G"], "G", path)
+    snapshot.load_optimizer_into(opt_D, state["opt_D"], "D", path)
     if f"rank{rank}" in state["rng"]:  # same world size: continue every random stream exactly
         rng.set_state(state["rng"][f"rank{rank}"])
         torch.set_rng_state(state["rng"][f"torch_cpu{rank}"])

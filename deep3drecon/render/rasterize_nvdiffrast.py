@@ -11,6 +11,8 @@ import importlib.util
 
 import torch
 
+from torch_utils.errors import first_line
+
 from .contract import Rasterization
 
 INSTALL_HINT = (
@@ -47,7 +49,7 @@ def probe(device: torch.device) -> str | None:
         _context(device)
         return None
     except Exception as err:  # any import/build/driver failure means: not usable here
-        _probe_failures[device] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+        _probe_failures[device] = f"{type(err).__name__}: {first_line(err)}"
         return _probe_failures[device]
 
 

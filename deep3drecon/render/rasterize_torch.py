@@ -67,7 +67,9 @@ def _candidate_boxes(
     behind the camera, fully outside one frustum plane, or cover no pixel centre.
     """
     x, y, z, w = verts.unbind(-1)  # each [T, 3]
-    culled = (det == 0) | (w <= 0).all(-1)
+    # A vertex with NaN/inf (from non-finite coefficients) covers nothing: culled, and its box zeroed below, so
+    # that casting NaN to an index (INT64_MIN) can never reach the pixel loop.
+    culled = (det == 0) | ~torch.isfinite(det) | (w <= 0).all(-1) | ~torch.isfinite(verts).all(-1).all(-1)
     for coord in (x, y, z):  # all three vertices beyond the same frustum plane -> the whole triangle is
         culled |= (coord > w).all(-1) | (coord < -w).all(-1)
 
@@ -76,10 +78,10 @@ def _candidate_boxes(
     ndc_x, ndc_y = x / safe_w, y / safe_w
     big = torch.full_like(det, 2.0)
     # A triangle crossing the camera plane projects to an unbounded region: give it the whole image.
-    xmin = torch.where(in_front, ndc_x.amin(-1), -big).clamp(-1, 1)
-    xmax = torch.where(in_front, ndc_x.amax(-1), big).clamp(-1, 1)
-    ymin = torch.where(in_front, ndc_y.amin(-1), -big).clamp(-1, 1)
-    ymax = torch.where(in_front, ndc_y.amax(-1), big).clamp(-1, 1)
+    xmin = torch.where(in_front, ndc_x.amin(-1), -big).clamp(-1, 1).nan_to_num(0.0)
+    xmax = torch.where(in_front, ndc_x.amax(-1), big).clamp(-1, 1).nan_to_num(0.0)
+    ymin = torch.where(in_front, ndc_y.amin(-1), -big).clamp(-1, 1).nan_to_num(0.0)
+    ymax = torch.where(in_front, ndc_y.amax(-1), big).clamp(-1, 1).nan_to_num(0.0)
 
     # Column j has its centre at NDC x = (2j + 1) / W - 1, row i at NDC y = (2i + 1) / H - 1.
     j0 = torch.ceil((xmin + 1) * (width / 2) - 0.5 - _BOX_SLACK_PX).clamp(0, width - 1).long()

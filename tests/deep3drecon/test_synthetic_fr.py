@@ -151,3 +151,33 @@ def test_scene_arrays_are_the_dataset_images(cache: Path, tmp_path: Path) -> Non
             np.testing.assert_array_equal(np.asarray(label, np.float32), coeffs[i])
     assert renders.shape == scenes.shape and (renders.reshape(5, -1, 3).max(axis=1) > 0).all()
     assert (renders[:, 0, 0] == 0).all()  # black outside the face
+
+
+def test_coeff_error_by_group_matches_numpy() -> None:
+    from deep3drecon.train_synthetic_fr import coeff_error_by_group
+
+    rng = np.random.default_rng(0)
+    target, pred = rng.normal(size=(50, 257)), rng.normal(size=(50, 257))
+    errors = coeff_error_by_group(torch.from_numpy(pred), torch.from_numpy(target))
+    bounds = {"id": (0, 80), "exp": (80, 144), "tex": (144, 224), "angle": (224, 227), "gamma": (227, 254)}
+    bounds["trans"] = (254, 257)
+    assert list(errors) == list(bounds)
+    for name, (a, b) in bounds.items():
+        t = target[:, a:b]
+        mae = np.abs(pred[:, a:b] - t).mean()
+        trivial = np.abs(t - t.mean(axis=0)).mean()
+        assert errors[name]["mae"] == pytest.approx(mae, rel=1e-12)
+        assert errors[name]["trivial_mae"] == pytest.approx(trivial, rel=1e-12)
+        assert errors[name]["relative"] == pytest.approx(mae / trivial, rel=1e-12)
+    perfect = coeff_error_by_group(torch.from_numpy(target), torch.from_numpy(target))
+    assert all(e["relative"] == 0 for e in perfect.values())
+
+
+def test_random_blur_keeps_unblurred_half_and_preserves_mean() -> None:
+    from deep3drecon.train_synthetic_fr import random_blur
+
+    img = torch.rand(64, 3, 16, 16)
+    out = random_blur(img, torch.Generator().manual_seed(0))
+    same = (out - img).abs().flatten(1).amax(dim=1) < 1e-6
+    assert 16 < int(same.sum()) < 48  # about half untouched
+    assert out[~same].std() < img[~same].std()  # smoothing reduces the variance of white noise

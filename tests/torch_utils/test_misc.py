@@ -86,3 +86,10 @@ def test_user_errors_print_one_line_in_commands_and_subcommands():
         assert result.exit_code == 1 and result.output == f"Error: {message}\n"
     result = CliRunner().invoke(group, ["bug"])
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_format_time():
+    from torch_utils.misc import format_time
+
+    assert [format_time(s) for s in (12.4, 184, 3723, 2 * 86400 + 3 * 3600 + 4 * 60 + 5)] == [
+        "12s", "3m 04s", "1h 02m 03s", "2d 03h 04m"]

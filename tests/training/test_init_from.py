@@ -19,6 +19,7 @@ from torch_utils.errors import UserError
 from train import main as train_main
 from training import snapshot
 from training.config import TrainConfig
+from training.grids import upscale_factor
 from training.init_from import init_networks
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
@@ -122,13 +123,13 @@ def test_from_training_state_counters_start_at_zero(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
     run_training_loop(tiny_config(data, kimg=0.004), str(first), torch.device("cpu"))
-    state = str(first / "training-state-000000.pt")
+    state = snapshot.latest_training_state(str(first))
     out = run_training_loop(tiny_config(data, kimg=0.004, init_from=state), str(second), torch.device("cpu"))
     assert out == {"cur_nimg": 4, "cur_tick": 1, "batch_idx": 1}  # the source's 4 images are not counted
     # The new run's first grid is the source's last G_ema on the same grid latents (same seed).
     assert np.array_equal(np.asarray(PIL.Image.open(second / "fakes_init.png")),
-                          np.asarray(PIL.Image.open(first / "fakes000000.png")))  # fmt: skip
-    saved = torch.load(second / "training-state-000000.pt", weights_only=True)
+                          np.asarray(PIL.Image.open(next(first.glob("fakes0*.png")))))  # fmt: skip
+    saved = torch.load(snapshot.latest_training_state(str(second)), weights_only=True)
     first_saved = torch.load(state, weights_only=True)
     assert saved["opt_G"]["state"][0]["step"] == 1 == first_saved["opt_G"]["state"][0]["step"]  # fresh Adam
 
@@ -166,10 +167,11 @@ def test_train_cli_conditional_run_from_unconditional_snapshot(tmp_path, face_as
     assert options["init_from"] == src_path
     # Step 0: every row of the grid (one p per row, the same z per column) shows the source's images.
     grid = np.asarray(PIL.Image.open(run / "fakes_init.png"))
-    rows = grid.reshape(-1, R, grid.shape[1], 3)
+    cell = R * upscale_factor(R)  # cells are nearest-upsampled to at least 96 px
+    rows = grid.reshape(-1, cell, grid.shape[1], 3)
     assert all(np.array_equal(rows[0], row) for row in rows[1:])
     # After one step the injected-feature columns have left zero: the image now depends on rep.
-    G = snapshot.load_network(str(run / "network-snapshot-000000.pt"))
+    G = snapshot.load_network(str(next(run.glob("network-snapshot-*.pt"))))
     z = torch.randn(2, config.z_dim)
     rep1, rep2 = (torch.rand(2, 9, R, R, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
     assert not torch.equal(G(z, rep1, noise_mode="const"), G(z, rep2, noise_mode="const"))

@@ -126,5 +126,5 @@ def test_conditioned_loop_trains_and_resumes_blending(tmp_path):
     assert all("Loss/G/consistency" in t for t in ticks)
     G = snapshot.load_network(snapshot.latest_training_state(str(tmp_path)))
     assert G.is_conditional
-    for name in ("reps.png", "fakes_init.png", "fakes000000.png"):
+    for name in ("reps.png", "fakes_init.png", "fakes000000.008.png", "fakes000000.016.png"):
         assert (tmp_path / name).is_file()

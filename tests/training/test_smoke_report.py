@@ -48,13 +48,14 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
     run.mkdir()
     run_training_loop(config, str(run), torch.device("cpu"))
     snapshots = smoke_report.network_snapshots(str(run))
-    assert [os.path.basename(s) for s in snapshots] == ["network-snapshot-000000.pt"]  # kimg 0 and 0.008 share it
+    first, last = "network-snapshot-000000.004.pt", "network-snapshot-000000.008.pt"  # unique names per snapshot
+    assert [os.path.basename(s) for s in snapshots] == [first, last]
     capsys.readouterr()
     report = smoke_report.write_run_report(config, str(run), torch.device("cpu"))
     printed = capsys.readouterr().out
 
     # Fakes grid: 8 x 8 cells (rows one p, columns one z), each shown at 96 px.
-    fakes = np.asarray(PIL.Image.open(run / "fakes000000.png"))
+    fakes = np.asarray(PIL.Image.open(run / "fakes000000.008.png"))
     assert fakes.shape == (GRID_ROWS * 96, GRID_COLS * 96, 3)
     # One vary grid per group: 6 rows (base faces) x 8 columns (the base, then 7 donors of that group).
     for attr in smoke_report.VARY_ATTRS:
@@ -66,10 +67,10 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
         row = grid[:96]
         assert any(np.abs(row[:, 96 * c : 96 * (c + 1)] - row[:, :96]).max() > 0 for c in range(1, 8))
     lines = [json.loads(line) for line in open(run / "metric-cons1k.jsonl")]
-    assert [line["snapshot"] for line in lines] == ["network-snapshot-000000.pt"]
-    assert report["cons"]["network-snapshot-000000.pt"] == lines[0]["results"]
+    assert [line["snapshot"] for line in lines] == [first, last]
+    assert report["cons"][first] == lines[0]["results"] and report["cons"][last] == lines[1]["results"]
     assert all(f"cons_{g}" in lines[0]["results"] for g in smoke_report.CONS_GROUPS)
-    assert "Consistency per group" in printed and str(run / "fakes000000.png") in printed
+    assert "Consistency per group" in printed and str(run / "fakes000000.008.png") in printed
     # A second call reuses the recorded cons1k lines instead of appending new ones.
     smoke_report.write_run_report(config, str(run), torch.device("cpu"), progress=False)
-    assert len(open(run / "metric-cons1k.jsonl").readlines()) == 1
+    assert len(open(run / "metric-cons1k.jsonl").readlines()) == 2

@@ -35,12 +35,12 @@ def test_run_writes_outputs_and_safe_snapshots(tmp_path, dataset_path):
     c = tiny_config(dataset_path, kimg=0.016)
     out = run_training_loop(c, str(tmp_path), torch.device("cpu"))
     assert out["cur_nimg"] == 16 and out["batch_idx"] == 4
-    for name in ("reals.png", "fakes_init.png", "fakes000000.png", "stats.jsonl"):
+    for name in ("reals.png", "fakes_init.png", "fakes000000.004.png", "fakes000000.016.png", "stats.jsonl"):
         assert os.path.isfile(tmp_path / name), name
     lines = [json.loads(line) for line in open(tmp_path / "stats.jsonl")]
     assert lines[-1]["Progress/kimg"]["mean"] == pytest.approx(0.016)
     assert all(k in lines[0] for k in ("Loss/G/loss", "Loss/D/loss", "Loss/r1_penalty", "Timing/sec_per_kimg"))
-    net_path = tmp_path / "network-snapshot-000000.pt"
+    net_path = tmp_path / "network-snapshot-000000.016.pt"
     raw = torch.load(net_path, weights_only=True)  # must not need pickle of arbitrary classes
     assert raw["format"] == snapshot.NETWORK_FORMAT and raw["cur_nimg"] == 16
     G = snapshot.load_network(str(net_path))

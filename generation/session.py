@@ -1,0 +1,154 @@
+"""What every generate.py subcommand shares: its common options, the loaded session (G, sampler, p bank,
+renderer) and the helpers that write grids and build FR. generate.py holds only the subcommands."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import click
+import torch
+
+from generation import controlled as cg
+from torch_utils.errors import UserError
+
+
+@dataclasses.dataclass
+class Options:
+    """Options shared by every subcommand (see `common_options`)."""
+
+    network: str
+    outdir: str
+    trunc: float
+    noise_mode: str
+    batch: int
+    device: str
+    data: str | None
+    p_bank: str | None
+    bfm: str | None
+    render_backend: str | None
+    show_rep: bool
+    save_images: bool
+    verbose: bool
+
+
+@dataclasses.dataclass
+class Session:
+    """What a subcommand works with: G_ema, the cell sampler, the p bank [M, 257] (None if unconditional)."""
+
+    G: torch.nn.Module
+    sampler: cg.Sampler
+    bank: torch.Tensor | None
+    config: dict
+    device: torch.device
+    opts: Options
+
+
+class SeedList(click.ParamType):
+    """Click type for '0-31,40'-style seed lists, checked before any network is loaded."""
+
+    name = "SEEDS"
+
+    def convert(self, value, param, ctx) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            return cg.parse_seeds(str(value))
+        except UserError as e:
+            self.fail(str(e), param, ctx)
+
+
+def common_options(fn: Callable) -> Callable:
+    """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
+    options = [
+        click.option(
+            "--network", required=True, help="network-snapshot-*.pt, training-state-*.pt or an NVIDIA StyleGAN2 .pkl"
+        ),
+        click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
+        click.option(
+            "--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=float, help="Truncation psi"
+        ),
+        click.option(
+            "--noise-mode", default="const", show_default=True, type=click.Choice(["const", "random", "none"])
+        ),
+        click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1), help="Images per pass"),
+        click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"])),
+        click.option("--data", help="Dataset whose labels form the p bank [default: the snapshot's]"),
+        click.option("--p-bank", help="p bank as a .npy array [M, 257] (instead of --data)"),
+        click.option("--bfm", help="BFM_model_front.mat for rep(p) [default: the snapshot's]"),
+        click.option(
+            "--render-backend",
+            type=click.Choice(["auto", "torch", "nvdiffrast"]),
+            help="Rasterizer [default: the snapshot's]",
+        ),
+        click.option("--show-rep", is_flag=True, help="Put the rep(p) render beside every sample"),
+        click.option("--save-images", is_flag=True, help="Also write every generated cell as its own PNG"),
+        click.option("--verbose/--quiet", default=True, show_default=True, help="Print progress"),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        names = {f.name for f in dataclasses.fields(Options)}
+        opts = Options(**{k: v for k, v in kwargs.items() if k in names})
+        return fn(opts, **{k: v for k, v in kwargs.items() if k not in names})
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def echo(opts: Options, message: str) -> None:
+    """Print a progress or status line unless --quiet."""
+    if opts.verbose:
+        click.echo(message)
+
+
+def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
+    """Load G_ema, then (for a conditional G) the p bank and the renderer; every problem is one UserError line."""
+    from training.resolve import build_renderer, pick_device, resolve_assets
+    from training.snapshot import load_network
+
+    if opts.data is not None and opts.p_bank is not None:
+        raise UserError("pass either --data or --p-bank, not both")
+    device = pick_device(opts.device)
+    G = load_network(opts.network, device)
+    config = getattr(G, "snapshot_config", {}) or {}
+    if needs_p and not G.is_conditional:
+        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but {opts.network} is unconditional (--no-cond); "
+                        "use 'images' or 'style-mix'")  # fmt: skip
+    if opts.show_rep and not G.is_conditional:
+        raise UserError("--show-rep needs a 3DMM-conditional snapshot; this one is unconditional (--no-cond)")
+    renderer = bank = None
+    bank_source = bfm = "-"
+    if G.is_conditional:
+        resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, need_data=opts.p_bank is None,
+                                  progress=opts.verbose, log=lambda msg: echo(opts, msg))  # fmt: skip
+        bank_source, bfm = opts.p_bank or resolved.data, resolved.bfm
+        bank = cg.load_p_bank(bank_source)
+        backend = opts.render_backend or "auto"  # both backends render the same contract; pick what runs here
+        renderer = build_renderer(bfm, backend, device)
+    sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
+                         batch=opts.batch, progress=opts.verbose)  # fmt: skip
+    kind = "3DMM-conditional" if G.is_conditional else "unconditional"
+    bank_info = f"p bank {len(bank)} x 257 from {bank_source}; face model {bfm}; " if bank is not None else ""
+    echo(opts, f"{opts.network}: {G.img_resolution}px {kind}, {G.num_ws} ws; {bank_info}device {device}, "
+               f"psi {opts.trunc}, noise {opts.noise_mode}")  # fmt: skip
+    return Session(G, sampler, bank, config, device, opts)
+
+
+def write(session: Session, result: cg.GridResult, stem: str) -> None:
+    """Save one grid (and its p / per-cell files) and report where it went."""
+    opts = session.opts
+    paths = cg.save_grid(result, opts.outdir, stem, show_rep=opts.show_rep, save_images=opts.save_images)
+    extra = f" (+{len(paths) - 1} files)" if len(paths) > 1 else ""
+    echo(opts, f"wrote {paths[0]}{extra}")
+
+
+def open_fr(s: Session, recon_ckpt: str | None) -> torch.nn.Module:
+    """The snapshot's FR (or --recon-ckpt; the built-in synthetic FR for smoke snapshots) on the session device."""
+    from training.resolve import build_reconstructor, resolve_assets
+
+    ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
+                          progress=s.opts.verbose, log=lambda msg: echo(s.opts, msg)).recon_ckpt  # fmt: skip
+    return build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
