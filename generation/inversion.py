@@ -176,7 +176,7 @@ class PhotoLoss(torch.nn.Module):
         self.kind = "pixels + VGG-16 features" if self.vgg is not None else "pixels + FR features"
 
     def features(self, img: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps of img [N, 3, H, W] in [-1, 1] from VGG-16 (relu1_2 .. relu5_3) or FR's ResNet stages."""
+        """Feature maps of img [N, 3, H, W] in [-1, 1]: VGG-16 (relu1_2 .. relu5_3), or FR's trunk stages."""
         x = (img + 1) / 2
         if self.vgg is not None:
             mean = x.new_tensor([0.485, 0.456, 0.406])[:, None, None]
@@ -191,9 +191,13 @@ class PhotoLoss(torch.nn.Module):
 
         trunk = self.fr.net.backbone  # frozen: requires_grad is off, gradients reach only the image
         x = resize_to_fr(x, self.fr.input_size)
-        x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
+        if hasattr(trunk, "stages"):  # the small synthetic-FR trunk: its first four conv stages
+            stages = list(trunk.stages)[:4]
+        else:  # a ResNet (the release's FR): stem, then layer1-3
+            x = trunk.maxpool(trunk.relu(trunk.bn1(trunk.conv1(x))))
+            stages = [trunk.layer1, trunk.layer2, trunk.layer3]
         feats = []
-        for stage in (trunk.layer1, trunk.layer2, trunk.layer3):
+        for stage in stages:
             x = stage(x)
             feats.append(x)
         return feats

@@ -233,3 +233,21 @@ def test_vgg_weights_are_checked(tmp_path) -> None:
         inv.PhotoLoss(None, str(path))
     with pytest.raises(UserError, match="pass an FR"):
         inv.PhotoLoss(None)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "small"])
+def test_fr_feature_loss_works_with_every_fr_trunk(backbone) -> None:
+    """The built-in loss reads FR's trunk stages: the release's ResNets and the built-in world's small FR alike."""
+    from deep3drecon.reconstructor import FaceReconstructor
+
+    torch.manual_seed(0)
+    fr = FaceReconstructor(ReconNet(backbone, input_size=32))
+    loss = inv.PhotoLoss(fr, feature_weight=1.0, pixel_weight=0.0)
+    target = torch.rand(1, 3, 32, 32) * 2 - 1
+    img = (torch.rand(1, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    feats = [f.detach() for f in loss.features(target)]
+    assert len(feats) >= 3 and all(f.shape[0] == 1 for f in feats)
+    assert float(loss(target, target, feats)) == pytest.approx(0.0, abs=1e-6)  # identical images: distance 0
+    value = loss(img, target, feats)
+    value.backward()
+    assert float(value) > 0 and img.grad.abs().sum() > 0 and all(p.grad is None for p in fr.parameters())
