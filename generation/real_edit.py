@@ -170,13 +170,15 @@ def list_photos(path: str) -> list[str]:
     return files
 
 
-def read_photo(path: str) -> PIL.Image.Image:
-    """Decode a photo to RGB; UserError (one line naming the file) if it cannot be read."""
+def read_photo(path: str, name: str | None = None) -> PIL.Image.Image:
+    """Decode a photo to RGB; UserError (one line naming the file, as `name` if given) if it cannot be read.
+
+    The one photo reader of generate.py invert / edit and the studio's uploads."""
     try:
         with PIL.Image.open(path) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises many types for damaged / non-image files
-        raise UserError(f"cannot read image {path}: {type(exc).__name__}") from None
+        raise UserError(f"cannot read {name or path} as an image ({type(exc).__name__})") from None
 
 
 def invert_photos(G: torch.nn.Module, fr: torch.nn.Module, renderer: torch.nn.Module, paths: Sequence[str],

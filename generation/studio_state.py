@@ -29,6 +29,7 @@ import torch
 from deep3drecon.coeffs import COEFF_SLICES, NUM_COEFFS
 from deep3drecon.face_model import INIT_LIT
 from generation import controlled as cg
+from generation.real_edit import read_photo
 from torch_utils.errors import UserError
 from training.rep import rep_render
 
@@ -175,15 +176,6 @@ def read_p_file(path: str) -> np.ndarray:
     if not np.isfinite(p).all():
         raise UserError(f"{name}: p contains NaN or inf")
     return p
-
-
-def read_photo(path: str) -> PIL.Image.Image:
-    """An uploaded photo as RGB; UserError if it is not an image PIL can decode."""
-    try:
-        with PIL.Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as e:  # truncated, not an image, unsupported mode: one line in the page
-        raise UserError(f"cannot read {os.path.basename(path)} as an image ({type(e).__name__})") from e
 
 
 def fr_inverter(reconstructor: torch.nn.Module, resolution: int, device: torch.device) -> Inverter:
@@ -342,7 +334,7 @@ class Studio:
         """A face from an uploaded photo: the inverter's p (and latent), or FR's estimate of p."""
         if not self.can_invert:
             raise UserError("photos need a face reconstructor or an inversion, which this snapshot has not")
-        photo = read_photo(path)
+        photo = read_photo(path, os.path.basename(path))
         inverter = self._inverter or fr_inverter(self.reconstructor(), self.G.img_resolution, self.device)
         result = inverter(photo)
         ws = None if result.ws is None else np.asarray(result.ws, dtype=np.float32)

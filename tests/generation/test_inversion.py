@@ -217,7 +217,7 @@ def test_bad_inputs_are_one_line(env, tmp_path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
     one_line_error(run("invert", "--network", env["snap"], "--images", broken, "--outdir", out),
-                   "cannot read image")
+                   "as an image")
     one_line_error(run("edit", "--network", env["snap"], "--latent", tmp_path / "none.npz", "--outdir", out,
                        "--attr", "exp"), "file not found")  # fmt: skip
     one_line_error(run("edit", "--network", env["snap"], "--latent", latent, "--outdir", out, "--attr", "angle",
