@@ -26,6 +26,7 @@ from torch import nn
 
 from deep3drecon.coeffs import FR_HEAD_DIMS
 from torch_utils.errors import UserError
+from torch_utils.misc import state_dict_mismatch
 
 HEAD_DIMS = FR_HEAD_DIMS  # head output sizes in release order: id, exp, tex, angle, gamma, (tx, ty), tz
 FR_INPUT_SIZE = 224  # the release's input resolution (aligned crop, RGB in [0, 1], no mean/std normalisation)
@@ -154,13 +155,8 @@ def load_recon_net(path: str | os.PathLike, backbone: str | None = None) -> Reco
     name = backbone or _infer_backbone(state)
     net = ReconNet(name, input_size=input_size)
     expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    missing, unexpected, wrong = state_dict_mismatch(expected, state)
+    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong]
     problems = []
     if missing:
         problems.append(f"missing keys: {_summarise(missing)}")

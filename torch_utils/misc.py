@@ -53,3 +53,16 @@ def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float
     scale = 255 / (hi - lo)
     scaled = np.asarray(images, dtype=np.float32) * np.float32(scale) + np.float32(0.5 - lo * scale)
     return np.floor(scaled).clip(0, 255).astype(np.uint8)
+
+
+def state_dict_mismatch(expected: dict, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) key names of `state` against a module's `expected` state dict.
+
+    A value that is not a tensor counts as wrong-shape. Every loader that names the offending tensor in its
+    one-line error (snapshots, FR checkpoints) builds its message from these three lists.
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and (not isinstance(state[k], torch.Tensor)
+                                                     or tuple(state[k].shape) != tuple(expected[k].shape))]  # fmt: skip
+    return missing, unexpected, wrong

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from torch_utils.errors import UserError, first_line
+from torch_utils.misc import state_dict_mismatch
 
 NETWORK_FORMAT = "taxfree3dmm-network-v1"
 STATE_FORMAT = "taxfree3dmm-training-state-v1"
@@ -269,10 +270,7 @@ def safe_load(path: str) -> dict[str, Any]:
 def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: str) -> None:
     """module.load_state_dict(state) after checking names and shapes; a mismatch is one line naming a tensor."""
     expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and (not isinstance(state[k], torch.Tensor)
-                                                     or tuple(state[k].shape) != tuple(expected[k].shape))]  # fmt: skip
+    missing, unexpected, wrong = state_dict_mismatch(expected, state)
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
