@@ -15,7 +15,7 @@ from pathlib import Path
 from deep3drecon import assets
 
 FR_RESOLUTION = 32  # the smoke resolution; FaceReconstructor resizes other inputs to it
-FR_TRAIN_IMAGES, FR_HELD_OUT_IMAGES = 3000, 400
+FR_TRAIN_IMAGES, FR_HELD_OUT_IMAGES = 4000, 400
 FR_TRAIN_SEED, FR_HELD_OUT_SEED = 1_000_001, 1_000_002
 
 

@@ -121,11 +121,11 @@ def _mean_albedo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np
     )
     eye_w, iris_w, pupil_w = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
     for cx, cy in _EYE_CENTRES:
-        r_eye = np.sqrt(((x - cx) / 0.12) ** 2 + ((y - cy) / 0.055) ** 2)
+        r_eye = np.sqrt(((x - cx) / 0.15) ** 2 + ((y - cy) / 0.085) ** 2)
         r_iris = np.hypot(x - cx, y - cy)
         eye_w += _sigmoid((1 - r_eye) / 0.12)
-        iris_w += _sigmoid((0.045 - r_iris) / 0.006) * _sigmoid((1 - r_eye) / 0.12)
-        pupil_w += _sigmoid((0.018 - r_iris) / 0.004)
+        iris_w += _sigmoid((0.06 - r_iris) / 0.006) * _sigmoid((1 - r_eye) / 0.12)
+        pupil_w += _sigmoid((0.024 - r_iris) / 0.004)
     nostril_w = _sym_gauss(x, y, 0.055, -0.155, 0.022, 0.012)
     cheek_w = _sym_gauss(x, y, 0.38, -0.1, 0.12, 0.1)
 
@@ -186,7 +186,7 @@ def _random_fields(
 # The built-in world draws only the first ACTIVE[g] columns of each basis (the named, clearly visible ones); the
 # remaining columns are small random fields that keep the file's BFM widths (80 / 64 / 80) and stay available to
 # callers who set them, like the tail of a PCA model that a truncated prior leaves at zero.
-ACTIVE: dict[str, int] = {"id": 6, "exp": 4, "tex": 3}
+ACTIVE: dict[str, int] = {"id": 5, "exp": 4, "tex": 3}
 # Vertex grid of the built-in world's model: 33 x 33 vertices resolve a 32-64 px face and rasterize 3x faster than
 # the default 65 x 65 (which tests keep for a BFM-like vertex count).
 WORLD_GRID = 33
@@ -207,9 +207,9 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
     named = [
         np.stack([0.25 * x, zero, zero], 1),  # face width
         np.stack([zero, 0.2 * (y - 0.05), zero], 1),  # face length
-        np.stack([0.9 * x * nose, -0.12 * nose * (y < 0.1), 0.18 * nose], 1),  # nose size (wide, long, prominent)
+        np.stack([1.8 * x * nose, -0.2 * nose * (y < 0.1), 0.25 * nose], 1),  # nose size (wide, long, prominent)
         np.stack([0.35 * x * jaw, zero, zero], 1),  # jaw width
-        np.stack([0.15 * np.sign(x) * eyes, zero, zero], 1),  # eye spacing
+        np.stack([0.2 * np.sign(x) * eyes, zero, zero], 1),  # eye spacing
         np.stack([zero, -0.2 * jaw * _sigmoid((-0.55 - y) / 0.08), 0.05 * _gauss(x, y, 0, -0.8, 0.2, 0.15)], 1),
         # ^ chin length
         np.stack([0.12 * np.sign(x) * cheeks, zero, 0.05 * cheeks], 1),  # cheek fullness
@@ -235,10 +235,11 @@ def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
     side = np.sign(x)
     blink_dy = np.zeros_like(x)
     for cx, cy in _EYE_CENTRES:
-        # Closing: the eye region collapses onto a line just below the eye centre (fully closed at 1.6, flipped
-        # only past 2, which the world's truncated prior never reaches).
-        w = _gauss(x, y, cx, cy, 0.13, 0.07) * _sigmoid((y - cy + 0.03) / 0.01)
-        blink_dy += -0.5 * (y - (cy - 0.02)) * w
+        # Closing: the whole eye (lids and eyeball) collapses onto the lid line just below the eye centre, fully at
+        # 1.6 (a factor 1 - c / 1.6 on the height); the skin above and below stretches to cover it. Negative
+        # coefficients open the eyes wider.
+        band = _sigmoid((0.11 - np.abs(y - cy)) / 0.02) * np.exp(-0.5 * ((x - cx) / 0.17) ** 4)
+        blink_dy += -(y - (cy - 0.02)) * band / 1.6
     brows = _gauss(np.abs(x), y, 0.3, 0.47, 0.24, 0.09)
     inner_brows = _sym_gauss(x, y, 0.17, 0.44, 0.1, 0.07)
     lips = _gauss(x, y, 0, _MOUTH_Y, 0.25, 0.09)
@@ -273,7 +274,7 @@ def _albedo_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, region
     not_eyes = 1 - regions["eyes"]
     named = [
         outer(not_eyes * (1 - regions["brows"]), [-40, -50, -55]),  # skin tone: lighter / darker
-        outer(regions["skin"], [14, -6, -14]),  # redness vs yellowness
+        outer(regions["skin"], [24, -8, -24]),  # redness vs yellowness
         outer(regions["lips"], [30, -25, -15]),  # lip colour
         outer(regions["brows"], [-40, -32, -25]),  # brow darkness
         outer(regions["cheeks"], [30, -15, -10]),  # blush

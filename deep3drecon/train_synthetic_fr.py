@@ -55,9 +55,9 @@ class SyntheticFRConfig:
     """Everything that defines one synthetic-FR training run (JSON-serialisable)."""
 
     backbone: str = "small"
-    steps: int = 1000
-    batch: int = 32
-    lr: float = 3e-3
+    steps: int = 700
+    batch: int = 64  # on 2 CPU threads 64 trains 1.6x more images per second than 32, at the same accuracy per image
+    lr: float = 4e-3
     seed: int = 0
 
 

@@ -63,6 +63,7 @@ class TrainConfig:
     adam_impl: str = "auto"                # auto (torch's choice) | forloop | foreach | fused
     fr_autocast: str = "off"               # off | bf16 | fp16: the consistency loss's FR under autocast
     compile_fr: bool = False               # torch.compile the FR forward+backward (never the R1 double backward)
+    rep_cache_mb: float = 0                # pre-render rep(p) of every bank row once if it fits (training.rep.RepBank)
     # The method (section 2.2-2.3).
     cond: bool = True                      # False = the unconditional StyleGAN2 baseline, same code
     enc_channel_base: int = 4096
@@ -144,6 +145,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"adam_impl must be auto, forloop, foreach or fused, not '{config.adam_impl}'")
     if config.fr_autocast not in ("off", "bf16", "fp16"):
         raise UserError(f"fr_autocast must be off, bf16 or fp16, not '{config.fr_autocast}'")
+    if config.rep_cache_mb < 0:
+        raise UserError(f"rep_cache_mb must be non-negative, not {config.rep_cache_mb}")
     if config.g_reg_interval is not None and config.g_reg_interval < 1:
         raise UserError(f"g_reg_interval must be None or at least 1, not {config.g_reg_interval}")
     if config.device not in ("auto", "cuda", "cpu"):

@@ -6,7 +6,11 @@ After training, `write_run_report` (called by train.py on the main process) writ
   vary-<attr>.png            for attr in id, exp, illum, angle, from the last snapshot: row r = one base face (p and z
                              of seed r), column 0 = the base, columns 1-7 = the base with only that attribute group
                              taken from another face of the dataset (generation.controlled.vary_grid, fig. 3)
-and prints per group the consistency at the start vs the end and the paths of the grids to look at.
+and prints per group the consistency at the start vs the end and the paths of the grids to look at, next to two
+reference levels that say how far "end" is from guessing and from the best G could reach:
+  guess   the same MSE for a constant guess, the bank's mean p (per-coefficient variance of the labels); the first
+          snapshot's G makes noise on which FR's estimates are off by more than that, so "start" is above it
+  reals   FR on the dataset's own images vs their labels: FR's own error, the floor for a G that copies the world
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     batch = max(config.batch_gpu or config.batch // max(config.gpus, 1), 32)
     log = print if progress else (lambda *args, **kwargs: None)
 
+    reference = {"guess": guess_levels(dataset.labels),
+                 "reals": real_image_levels(dataset, reconstructor, device, batch)}
     cons: dict[str, dict[str, float]] = {}
     for path in dict.fromkeys([snapshots[0], snapshots[-1]]):
         name = os.path.basename(path)
@@ -103,20 +109,57 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
         grids[attr] = os.path.join(run_dir, f"vary-{attr}.png")
         save_image_grid(torch.cat(rows), grids[attr], VARY_DONORS + 1)
     dataset.close()
-    log(format_summary(cons, grids, run_dir), flush=True)
-    return {"cons": cons, "grids": grids}
+    log(format_summary(cons, grids, run_dir, reference), flush=True)
+    return {"cons": cons, "grids": grids, "reference": reference}
 
 
-def format_summary(cons: dict[str, dict[str, float]], grids: dict[str, str], run_dir: str) -> str:
-    """The printed end-of-run summary: consistency per group first vs last snapshot, then the grid paths."""
+def guess_levels(labels) -> dict[str, float]:
+    """cons_<group> of always answering the bank's mean p: the per-coefficient variance of labels [M, 257], averaged
+    over the group's dimensions (the metric's per-element normalisation)."""
+    import numpy as np
+
+    from deep3drecon.coeffs import COEFF_SLICES
+
+    var = np.asarray(labels, np.float64).var(axis=0)
+    return {f"cons_{g}": float(var[COEFF_SLICES[g]].mean()) for g in CONS_GROUPS}
+
+
+@torch.no_grad()
+def real_image_levels(dataset, reconstructor: torch.nn.Module, device: torch.device, batch: int) -> dict[str, float]:
+    """cons_<group> of FR on the dataset's own images (uint8 -> [-1, 1], as G's output) vs their labels."""
+    import numpy as np
+
+    from metrics.consistency import group_squared_errors
+
+    sums, n = np.zeros(len(CONS_GROUPS)), len(dataset)
+    for start in range(0, n, batch):
+        items = [dataset[i] for i in range(start, min(start + batch, n))]
+        images = torch.as_tensor(np.stack([im for im, _ in items]), device=device).float() / 127.5 - 1
+        p_hat = reconstructor(images).float().cpu().numpy()
+        sums += group_squared_errors(p_hat, np.stack([label for _, label in items]), CONS_GROUPS)
+    from deep3drecon.coeffs import COEFF_SLICES
+
+    return {f"cons_{g}": float(sums[k] / (n * (COEFF_SLICES[g].stop - COEFF_SLICES[g].start)))
+            for k, g in enumerate(CONS_GROUPS)}  # fmt: skip
+
+
+def format_summary(cons: dict[str, dict[str, float]], grids: dict[str, str], run_dir: str,
+                   reference: dict[str, dict[str, float]] | None = None) -> str:  # fmt: skip
+    """The printed end-of-run summary: consistency per group first vs last snapshot (and the reference levels of
+    the module docstring, when given), then the grid paths."""
     names = list(cons)
     first, last = cons[names[0]], cons[names[-1]]
+    reference = reference or {}
     lines = [f"Consistency per group ({CONS_METRIC}: mean squared error of FR(G(p, z)) vs p, lower = G follows p):",
-             f"  {'group':<6} {'start':>10} {'end':>10} {'change':>8}    start = {names[0]}, end = {names[-1]}"]
+             f"  {'group':<6} {'start':>10} {'end':>10} {'change':>8}" + "".join(f" {k:>10}" for k in reference)
+             + f"    start = {names[0]}, end = {names[-1]}"]  # fmt: skip
     for group in CONS_GROUPS:
         a, b = first[f"cons_{group}"], last[f"cons_{group}"]
         change = f"{100 * (b - a) / a:+7.0f}%" if a > 0 else "       -"
-        lines.append(f"  {group:<6} {a:10.4f} {b:10.4f} {change}")
+        levels = "".join(f" {level[f'cons_{group}']:10.4f}" for level in reference.values())
+        lines.append(f"  {group:<6} {a:10.4f} {b:10.4f} {change}{levels}")
+    if reference:
+        lines.append("  (guess: always answering the mean p; reals: FR on the dataset's images, the floor)")
     fakes = sorted(glob.glob(os.path.join(run_dir, "fakes[0-9]*.png")))
     lines.append("Grids to look at:")
     if fakes:

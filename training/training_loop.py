@@ -26,7 +26,7 @@ from training.loss import GANLoss
 from training.networks import Discriminator, Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
 from training.nonfinite import NonFiniteGuard
-from training.rep import make_rep
+from training.rep import RepBank
 from training.reporting import TickReporter
 from training.resolve import ResolvedAssets, build_reconstructor, build_renderer
 
@@ -71,7 +71,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         fast_paths.apply_channels_last(G, D, G_ema)
 
     # The method's 3DMM side: the renderer for rep(p) (eq. 3) and the frozen FR of the consistency loss (eq. 5).
-    renderer = consistency = None
+    renderer = consistency = rep_bank = None
     if config.cond:
         if dataset.label_dim != 257:
             raise ValueError(f"the method needs 257-d 3DMM labels, the dataset has {dataset.label_dim}-d")
@@ -80,7 +80,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
             reconstructor = build_reconstructor(assets.recon_ckpt, device, config.recon_backbone)
             consistency = ConsistencyLoss(renderer, reconstructor, config.fr_autocast,
                                           compile_backend="inductor" if config.compile_fr else None)
-        _log(rank, f"Renderer backend: {renderer.backend}")
+        rep_bank = RepBank(renderer, p_bank, R, config.rep_cache_mb)
+        _log(rank, f"Renderer backend: {renderer.backend}; {rep_bank.describe()}")
 
     # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2); G's
     # only with config.g_reg_interval (StyleGAN2-ADA keeps 4 without path length; StyleGAN3 and paper256: None).
@@ -113,7 +114,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     grid_gen = torch.Generator().manual_seed(config.seed)
     grid_idx = torch.randint(len(p_bank), [gh], generator=grid_gen)
     grid_z = torch.randn([gw if config.cond else gw * gh, config.z_dim], generator=grid_gen).to(device)
-    grid_rep = make_rep(renderer, p_bank[grid_idx.to(device)], R) if config.cond else None
+    grid_rep = rep_bank(grid_idx.to(device))[1] if config.cond else None
     if rank == 0 and resume_state is None:
         reals = np.stack([dataset[int(i)][0] for i in torch.randint(len(dataset), [gw * gh], generator=grid_gen)])
         save_image_grid(reals, os.path.join(run_dir, "reals.png"), gw, drange=(0, 255))
@@ -129,9 +130,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         z = torch.randn([batch_gpu, config.z_dim], device=device, generator=rng)
         if not config.cond:
             return z, None
-        p = p_bank[torch.randint(len(p_bank), [batch_gpu], device=device, generator=rng)]
-        with torch.no_grad():
-            return z, make_rep(renderer, p, R)
+        _, rep = rep_bank(torch.randint(len(p_bank), [batch_gpu], device=device, generator=rng))
+        return z, rep
 
     _log(rank, fast_paths.describe(config))
     _log(rank, f"Training for {config.kimg} kimg: batch {config.batch} = {world_size} process(es) x {num_rounds} "

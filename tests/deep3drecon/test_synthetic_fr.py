@@ -55,9 +55,9 @@ def test_world_varies_only_the_active_components(cache: Path) -> None:
 
 @pytest.mark.slow
 def test_training_recovers_every_group_on_held_out_scenes(cache: Path) -> None:
-    """A short run (600 scenes, 400 steps) beats predicting the mean in every group. Bounds ~0.05-0.1 above what
-    this run reaches (id 0.89, exp 0.97, tex 0.83, angle 0.72, gamma 0.76, trans 0.65); the full recipe of
-    dataprep.builtin (3000 scenes x 1000 steps) does better (docs/benchmarks.md)."""
+    """A short run (600 scenes, 400 steps of 32) beats predicting the mean in every group. Bounds ~0.05-0.1 above
+    what this run reaches (id 0.84, exp 0.92, tex 0.71, angle 0.60, gamma 0.58, trans 0.57); the full recipe of
+    dataprep.builtin (4000 scenes x 700 steps of 64) does better (docs/benchmarks.md)."""
     from dataprep.synthetic_scenes import render_scene_arrays
     from deep3drecon.train_synthetic_fr import predict, train_synthetic_fr
 
@@ -65,11 +65,11 @@ def test_training_recovers_every_group_on_held_out_scenes(cache: Path) -> None:
     held = render_scene_arrays(160, 32, 12, progress=False, workers=0)
     held_out = FRTrainingSet.from_uint8(held[0], None, held[2])
     out = cache / "fr_test.pth"
-    result = train_synthetic_fr(SyntheticFRConfig(steps=400), train, held_out, out=out, progress=False)
+    result = train_synthetic_fr(SyntheticFRConfig(steps=400, batch=32), train, held_out, out=out, progress=False)
     relative = {name: e["relative"] for name, e in result["errors"].items()}
-    bounds = {"id": 0.95, "exp": 1.0, "tex": 0.9, "angle": 0.8, "gamma": 0.85, "trans": 0.75}
+    bounds = {"id": 0.92, "exp": 0.98, "tex": 0.8, "angle": 0.7, "gamma": 0.67, "trans": 0.66}
     assert all(relative[name] < bound for name, bound in bounds.items()), relative
-    assert np.mean(list(relative.values())) < 0.85, relative
+    assert np.mean(list(relative.values())) < 0.78, relative
     net = load_recon_net(out)  # through the same loader as the release's checkpoint
     pred = predict(net, held_out.scenes)
     again = coeff_error_by_group(pred, held_out.coeffs)

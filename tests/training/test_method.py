@@ -11,7 +11,7 @@ from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model
 from training.consistency import ConsistencyLoss, blend_alpha
-from training.rep import make_rep
+from training.rep import RepBank, make_rep
 
 R = 32
 
@@ -50,6 +50,20 @@ def test_rep_layout_and_range(renderer):
     background = out.mask[:, 0] == 0
     assert background.any() and (~background).any()
     assert (rep[:, :6].permute(1, 0, 2, 3)[:, background] == -1).all()  # black r and a outside the face
+
+
+def test_rep_bank_cache_equals_rendering_each_batch(renderer):
+    bank = face_coeffs(10, seed=3)
+    idx = torch.tensor([7, 0, 7, 3])
+    direct = make_rep(renderer, bank[idx], R)
+    cached = RepBank(renderer, bank, R, cache_mb=1, batch=4)  # 10 x 9 x 32 x 32 x 4 B = 0.35 MB: fits
+    on_demand = RepBank(renderer, bank, R, cache_mb=0.1)  # does not fit: rendered per call
+    assert cached.cached is not None and on_demand.cached is None and RepBank(renderer, bank, R).cached is None
+    for bank_rep in (cached, on_demand):
+        p, rep = bank_rep(idx)
+        assert torch.equal(p, bank[idx]) and not rep.requires_grad
+        torch.testing.assert_close(rep, direct, rtol=0, atol=1e-6)  # batches of 4 vs 10 rows: float noise at most
+    assert "pre-rendered once" in cached.describe() and "rendered per batch" in on_demand.describe()
 
 
 class OracleFR(torch.nn.Module):

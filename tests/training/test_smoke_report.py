@@ -71,6 +71,37 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
     assert report["cons"][first] == lines[0]["results"] and report["cons"][last] == lines[1]["results"]
     assert all(f"cons_{g}" in lines[0]["results"] for g in smoke_report.CONS_GROUPS)
     assert "Consistency per group" in printed and str(run / "fakes000000.008.png") in printed
+    assert set(report["reference"]) == {"guess", "reals"} and "guess: always answering the mean p" in printed
     # A second call reuses the recorded cons1k lines instead of appending new ones.
     smoke_report.write_run_report(config, str(run), torch.device("cpu"), progress=False)
     assert len(open(run / "metric-cons1k.jsonl").readlines()) == 2
+
+
+def test_reference_levels_match_naive_loops() -> None:
+    from deep3drecon.coeffs import COEFF_SLICES
+    from training import smoke_report
+
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=(40, 257)) * rng.uniform(0, 2, size=257)
+    guess = smoke_report.guess_levels(labels)
+    for g in smoke_report.CONS_GROUPS:
+        cols = range(COEFF_SLICES[g].start, COEFF_SLICES[g].stop)
+        naive = sum(sum((labels[n, k] - labels[:, k].mean()) ** 2 for n in range(40)) / 40 for k in cols) / len(cols)
+        assert guess[f"cons_{g}"] == pytest.approx(naive, rel=1e-9)
+
+    # reals: FR on each image (uint8 -> [-1, 1]) vs its label, here with an FR that answers the image's mean value.
+    images = rng.integers(0, 256, size=(7, 3, 4, 4), dtype=np.uint8)
+    data = [(images[i], labels[i].astype(np.float32)) for i in range(7)]
+
+    class Data(list):
+        def __len__(self) -> int:
+            return 7
+
+    def fr(x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 257)
+
+    reals = smoke_report.real_image_levels(Data(data), fr, torch.device("cpu"), batch=3)
+    for g in smoke_report.CONS_GROUPS:
+        sl = COEFF_SLICES[g]
+        naive = np.mean([((images[i] / 127.5 - 1).mean() - labels[i, sl].astype(np.float32)) ** 2 for i in range(7)])
+        assert reals[f"cons_{g}"] == pytest.approx(naive, rel=1e-5)
