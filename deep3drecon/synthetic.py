@@ -12,8 +12,9 @@ smooth displacement / colour fields: the first columns are interpretable (identi
 jaw, eye spacing, chin, ...; expression: mouth open, smile, eyes closed, brows raised, ...; albedo: skin tone,
 redness, lips, brows, ...), the remaining ones random smooth fields with decaying amplitude, mostly left/right
 symmetric. The first ACTIVE[group] columns are large enough to see at 32 px (identity moves outlines by 2-3 px per
-unit, the jaw drop opens the mouth by 3-4 px); they are the only ones the built-in world (dataprep.synthetic_scenes)
-varies, and all of them are left/right symmetric. The built-in world uses a WORLD_GRID x WORLD_GRID vertex grid.
+unit, the jaw drop opens the mouth by 3-4 px, closed eyes replace 4 x 2-px eyes by skin); they are the only ones the
+built-in world (dataprep.synthetic_scenes) varies, and all of them are left/right symmetric. The built-in world
+uses a WORLD_GRID x WORLD_GRID vertex grid.
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
     """Identity displacement fields [V, 3, 80] in dm per unit coefficient ("one standard deviation").
 
     The first ACTIVE["id"] move outlines by ~0.15-0.2 dm per unit, i.e. 2-3 px at 32 px (1 dm = 14.5 px there
-    at the release's camera) and 15-20 px at 224: face width, face length, nose, jaw, eye spacing, chin; then cheeks,
+    at the release's camera) and 15-20 px at 224: face width, face length, nose, jaw, eye spacing; then chin length
+    (not varied by the world: the chin sits at the lower image edge, where ty and face length push it out), cheeks,
     brow height, ...
     """
     zero = np.zeros_like(x)
@@ -224,7 +226,8 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
 def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Expression displacement fields [V, 3, 64] in dm per unit coefficient.
 
-    The first ACTIVE["exp"]: mouth open (the jaw drops 0.25 dm = 3.6 px at 32 px), smile, eyes closed (fully at 1.6),
+    The first ACTIVE["exp"]: mouth open (the jaw drops 0.25 dm = 3.6 px at 32 px), smile, eyes closed (fully at 1.6,
+    wider open below 0),
     brows raised; then frown, pucker, ...
     """
     zero = np.zeros_like(x)

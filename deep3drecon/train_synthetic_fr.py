@@ -1,9 +1,10 @@
-"""Train a small face reconstructor (FR) on pre-rendered images of the synthetic world, in well under a CPU minute.
+"""Train a small face reconstructor (FR) on pre-rendered images of the synthetic world, in about 40 s on 2 cores.
 
 Stand-in for Deep3DFaceRecon's `epoch_20.pth` when the BFM is not available (tests, smoke runs, CI): the
 synthetic face model has the BFM file layout but not its data, so the official network cannot be used with it.
-The FR is the same R-Net (`ReconNet`, a torchvision ResNet-18 here) saved in the official checkpoint layout and
-read back with `load_recon_net`; only its input size (the smoke resolution, 32) differs from the release's 224.
+The FR is the same R-Net (`ReconNet`: the seven release heads on the `SmallConvNet` trunk by default, or a
+torchvision ResNet) saved in the official checkpoint layout and read back with `load_recon_net`; its input size is
+the smoke resolution, 32, instead of the release's 224.
 
 Supervision is direct. Training images come pre-rendered (dataprep.builtin renders them once from the synthetic
 world of dataprep.synthetic_scenes: backgrounds, hair, hats, clothing, labels = the exact p), as three arrays:
