@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import write_image_dataset
+from torch_utils.errors import UserError
 from train import main
 from training.config import TrainConfig, load_preset, resolve_config
 
@@ -59,8 +60,12 @@ def test_presets_hold_the_paper_settings():
     assert (c.batch, c.glr, c.dlr, c.gamma, c.lambda_cons, c.blend_kimg, c.kimg) == (64, 0.0025, 0.0025, 1.0, 20.0,
                                                                                       2000.0, 25000)
     assert (c.z_dim, c.map_layers, c.style_mixing_prob, c.mbstd_group, c.channel_base) == (64, 2, 0.0, 8, 16384)
+    assert c.rep_cache_mb == 0  # the paper's preset renders rep(p) per batch
     for name in ("paper256", "smoke"):
         TrainConfig.from_dict(dict(TrainConfig().to_dict(), **load_preset(name)))  # no unknown keys
+    builtin = {"data": None, "builtin_data": {"count": 1, "resolution": 8}}
+    with pytest.raises(UserError, match="rep_cache_mb must be non-negative"):
+        resolve_config("paper256", dict(builtin, rep_cache_mb=-1))
 
 
 def test_resume_rejects_flags_it_would_ignore_and_revalidates(tmp_path):
