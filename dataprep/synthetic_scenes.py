@@ -179,7 +179,7 @@ def compose_scene(job: SceneJob) -> tuple[np.ndarray, np.ndarray]:
     neck_w = half_w * rng.uniform(0.45, 0.65)
     draw.rectangle(
         [cx - neck_w, eye_y + face_h * 0.5, cx + neck_w, cloth_top + face_h * 0.3],
-        fill=tuple(int(v) for v in skin * 0.85),
+        fill=tuple(int(v) for v in skin * 0.55),  # in the chin's shadow, so the chin line shows
     )
     # Hair behind the head.
     if rng.random() < 0.85:

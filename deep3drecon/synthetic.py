@@ -122,12 +122,12 @@ def _mean_albedo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np
     )
     eye_w, iris_w, pupil_w = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
     for cx, cy in _EYE_CENTRES:
-        r_eye = np.sqrt(((x - cx) / 0.15) ** 2 + ((y - cy) / 0.085) ** 2)
+        r_eye = np.sqrt(((x - cx) / 0.18) ** 2 + ((y - cy) / 0.1) ** 2)
         r_iris = np.hypot(x - cx, y - cy)
         eye_w += _sigmoid((1 - r_eye) / 0.12)
-        iris_w += _sigmoid((0.06 - r_iris) / 0.006) * _sigmoid((1 - r_eye) / 0.12)
-        pupil_w += _sigmoid((0.024 - r_iris) / 0.004)
-    nostril_w = _sym_gauss(x, y, 0.055, -0.155, 0.022, 0.012)
+        iris_w += _sigmoid((0.07 - r_iris) / 0.006) * _sigmoid((1 - r_eye) / 0.12)
+        pupil_w += _sigmoid((0.03 - r_iris) / 0.004)
+    nostril_w = _sym_gauss(x, y, 0.055, -0.155, 0.03, 0.018)
     cheek_w = _sym_gauss(x, y, 0.38, -0.1, 0.12, 0.1)
 
     color = np.tile(skin, (x.size, 1))
@@ -136,7 +136,7 @@ def _mean_albedo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np
     color = mix(color, lips_w, [170, 85, 85])
     color = mix(color, inner_mouth, [90, 35, 35])
     color = mix(color, np.clip(brow_w, 0, 1), [85, 60, 45])
-    color = mix(color, nostril_w * 0.8, [110, 65, 55])
+    color = mix(color, np.clip(nostril_w, 0, 1), [80, 45, 40])
     color = mix(color, np.clip(eye_w, 0, 1), [235, 230, 225])
     color = mix(color, np.clip(iris_w, 0, 1), [80, 55, 40])
     color = mix(color, np.clip(pupil_w, 0, 1), [20, 15, 15])
@@ -204,7 +204,7 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
     zero = np.zeros_like(x)
     nose = _gauss(x, y, 0, -0.02, 0.1, 0.2)
     jaw = _sigmoid((-0.3 - y) / 0.1)
-    eyes = _sym_gauss(x, y, 0.31, 0.29, 0.13, 0.1)
+    eyes = _sym_gauss(x, y, 0.31, 0.29, 0.16, 0.12)
     cheeks = _sym_gauss(x, y, 0.5, -0.15, 0.15, 0.2)
     named = [
         np.stack([0.25 * x, zero, zero], 1),  # face width
@@ -241,7 +241,7 @@ def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
         # Closing: the whole eye (lids and eyeball) collapses onto the lid line just below the eye centre, fully at
         # 1.6 (a factor 1 - c / 1.6 on the height); the skin above and below stretches to cover it. Negative
         # coefficients open the eyes wider.
-        band = _sigmoid((0.11 - np.abs(y - cy)) / 0.02) * np.exp(-0.5 * ((x - cx) / 0.17) ** 4)
+        band = _sigmoid((0.13 - np.abs(y - cy)) / 0.02) * np.exp(-0.5 * ((x - cx) / 0.2) ** 4)
         blink_dy += -(y - (cy - 0.02)) * band / 1.6
     brows = _gauss(np.abs(x), y, 0.3, 0.47, 0.24, 0.09)
     inner_brows = _sym_gauss(x, y, 0.17, 0.44, 0.1, 0.07)
