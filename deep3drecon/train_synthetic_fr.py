@@ -1,4 +1,4 @@
-"""Train a small face reconstructor (FR) on pre-rendered images of the synthetic world, in about 40 s on 2 cores.
+"""Train a small face reconstructor (FR) on pre-rendered images of the synthetic world, in about 45 s on 2 cores.
 
 Stand-in for Deep3DFaceRecon's `epoch_20.pth` when the BFM is not available (tests, smoke runs, CI): the
 synthetic face model has the BFM file layout but not its data, so the official network cannot be used with it.
