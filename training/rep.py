@@ -32,8 +32,9 @@ class RepBank:
 
     Training draws p from the dataset's own labels (a fixed bank), and the renderer is deterministic, so for a small
     bank rendering every row once replaces two renders per iteration (the Gmain and Dmain conditions) by a lookup.
-    The cache is float32 [M, 9, R, R] (M * 9 * R^2 * 4 bytes: 19 MB for 512 rows at 32 px, 165 GB for FFHQ at 256);
-    with cache_mb = 0 or a bank too large for it, rows are rendered on demand. Both give rep(p) without gradient.
+    The cache is float32 [M, 9, R, R] on the bank's device (M * 9 * R^2 * 4 bytes: 18 MiB for 512 rows at 32 px,
+    154 GiB for FFHQ's 70k at 256); with cache_mb = 0 or a bank too large for it, rows are rendered on demand. Both
+    give rep(p) without gradient, equal up to float32 summation order (the renderer's batch size differs).
     """
 
     def __init__(self, renderer: torch.nn.Module, p_bank: torch.Tensor, size: int, cache_mb: float = 0.0,
