@@ -15,6 +15,7 @@ no such key and is read as 224. Official loaders only read `net_recon`, so our f
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import nn
 
 from deep3drecon.coeffs import FR_HEAD_DIMS
 from torch_utils.errors import UserError
-from torch_utils.misc import state_dict_mismatch
+from torch_utils.misc import describe_state_dict_mismatch, summarise_names
 
 HEAD_DIMS = FR_HEAD_DIMS  # head output sizes in release order: id, exp, tex, angle, gamma, (tx, ty), tz
 FR_INPUT_SIZE = 224  # the release's input resolution (aligned crop, RGB in [0, 1], no mean/std normalisation)
@@ -60,19 +61,19 @@ class SmallConvNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.stages(img), 2).flatten(1))
 
 
-def _resnet(name: str):
-    """torchvision's ResNet builder `name`, imported on first use: importing torchvision costs seconds (it pulls in
+def _resnet(name: str, weights: None = None) -> nn.Module:
+    """torchvision's ResNet `name`, imported on first use: importing torchvision costs seconds (it pulls in
     torch._dynamo through torchvision.ops), which the small trunk of smoke runs does not need."""
     import torchvision.models
 
-    return getattr(torchvision.models, name)
+    return getattr(torchvision.models, name)(weights=weights)
 
 
 # name -> (builder(weights=None) -> trunk module, feature width)
 _BACKBONES = {
-    "resnet18": (lambda weights=None: _resnet("resnet18")(weights=weights), 512),
-    "resnet34": (lambda weights=None: _resnet("resnet34")(weights=weights), 512),
-    "resnet50": (lambda weights=None: _resnet("resnet50")(weights=weights), 2048),
+    "resnet18": (functools.partial(_resnet, "resnet18"), 512),
+    "resnet34": (functools.partial(_resnet, "resnet34"), 512),
+    "resnet50": (functools.partial(_resnet, "resnet50"), 2048),
     "small": (SmallConvNet, SmallConvNet.FEATURES),
 }
 
@@ -115,12 +116,6 @@ def _infer_backbone(state: dict[str, torch.Tensor]) -> str:
     return "resnet18"
 
 
-def _summarise(names: list[str], limit: int = 6) -> str:
-    """Comma-separated key names, truncated to `limit` with a count of the rest (keeps errors to one line)."""
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
-
-
 def _read_checkpoint(path: Path) -> dict:
     """torch.load with weights_only=True, translating every failure mode into one-line UserErrors."""
     if not path.is_file():
@@ -140,7 +135,7 @@ def _read_checkpoint(path: Path) -> dict:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:160]
         raise UserError(f"FR checkpoint {path} is corrupt, truncated or not a PyTorch checkpoint ({first})") from exc
     if not isinstance(ckpt, dict) or "net_recon" not in ckpt:
-        found = _summarise(sorted(map(str, ckpt))) if isinstance(ckpt, dict) else type(ckpt).__name__
+        found = summarise_names(sorted(map(str, ckpt))) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise UserError(f"FR checkpoint {path} has no 'net_recon' entry (found: {found}); expected epoch_20.pth layout")
     return ckpt
 
@@ -162,18 +157,9 @@ def load_recon_net(path: str | os.PathLike, backbone: str | None = None) -> Reco
         raise UserError(f"FR checkpoint {path}: invalid 'input_size' {input_size!r} (expected an int >= 32)")
     name = backbone or _infer_backbone(state)
     net = ReconNet(name, input_size=input_size)
-    expected = net.state_dict()
-    missing, unexpected, wrong = state_dict_mismatch(expected, state)
-    shapes = [f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_summarise(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_summarise(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatch: {_summarise(shapes, limit=3)}")
+    problems = describe_state_dict_mismatch(net.state_dict(), state)
     if problems:
-        raise UserError(f"FR checkpoint {path} does not match a {name} ReconNet: " + "; ".join(problems))
+        raise UserError(f"FR checkpoint {path} does not match a {name} ReconNet: {problems}")
     net.load_state_dict(state, strict=True)
     return net.eval()
 

@@ -55,14 +55,22 @@ def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float
     return np.floor(scaled).clip(0, 255).astype(np.uint8)
 
 
-def state_dict_mismatch(expected: dict, state: dict) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, wrong-shape) key names of `state` against a module's `expected` state dict.
+def summarise_names(names: list[str], limit: int = 6) -> str:
+    """Comma-separated names, truncated to `limit` with a count of the rest (keeps an error to one line)."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
-    A value that is not a tensor counts as wrong-shape. Every loader that names the offending tensor in its
-    one-line error (snapshots, FR checkpoints) builds its message from these three lists.
-    """
+
+def describe_state_dict_mismatch(expected: dict, state: dict) -> str:
+    """Why `state` does not fit a module whose state dict is `expected`, in one line; "" when every name and shape
+    matches. Names missing keys, unexpected keys and tensors of another shape (a non-tensor value counts as one):
+    the one message of every strict loader (snapshots, FR checkpoints)."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and (not isinstance(state[k], torch.Tensor)
-                                                     or tuple(state[k].shape) != tuple(expected[k].shape))]  # fmt: skip
-    return missing, unexpected, wrong
+    shape = lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__  # noqa: E731
+    wrong = [f"{k} {shape(state[k])} != {shape(expected[k])}" for k in expected
+             if k in state and shape(state[k]) != shape(expected[k])]  # fmt: skip
+    kinds = (("missing keys", missing, 6), ("unexpected keys", unexpected, 6),
+             ("shape mismatch (file != network)", wrong, 3))
+    problems = [f"{what}: {summarise_names(names, limit)}" for what, names, limit in kinds if names]
+    return "; ".join(problems)

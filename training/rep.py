@@ -47,13 +47,12 @@ class RepBank:
                 self.cached = torch.cat([make_rep(renderer, p_bank[i : i + batch], size)
                                          for i in range(0, p_bank.shape[0], batch)])  # fmt: skip
 
-    def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Bank rows index [N] int64 -> (p [N, 257], rep(p) [N, 9, R, R] in [-1, 1], no gradient)."""
-        p = self.p_bank[index]
+    def __call__(self, index: torch.Tensor) -> torch.Tensor:
+        """Bank rows index [N] int64 -> rep(p_bank[index]) [N, 9, R, R] in [-1, 1], no gradient."""
         if self.cached is not None:
-            return p, self.cached[index]
+            return self.cached[index]
         with torch.no_grad():
-            return p, make_rep(self.renderer, p, self.size)
+            return make_rep(self.renderer, self.p_bank[index], self.size)
 
     def describe(self) -> str:
         """One log line: cached or rendered per batch, and the cache size."""

@@ -20,8 +20,10 @@ import glob
 import json
 import os
 
+import numpy as np
 import torch
 
+from deep3drecon.coeffs import COEFF_SLICES
 from training.config import TrainConfig
 from training.grids import save_image_grid
 
@@ -116,10 +118,6 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
 def guess_levels(labels) -> dict[str, float]:
     """cons_<group> of always answering the bank's mean p: the per-coefficient variance of labels [M, 257], averaged
     over the group's dimensions (the metric's per-element normalisation)."""
-    import numpy as np
-
-    from deep3drecon.coeffs import COEFF_SLICES
-
     var = np.asarray(labels, np.float64).var(axis=0)
     return {f"cons_{g}": float(var[COEFF_SLICES[g]].mean()) for g in CONS_GROUPS}
 
@@ -127,8 +125,6 @@ def guess_levels(labels) -> dict[str, float]:
 @torch.no_grad()
 def real_image_levels(dataset, reconstructor: torch.nn.Module, device: torch.device, batch: int) -> dict[str, float]:
     """cons_<group> of FR on the dataset's own images (uint8 -> [-1, 1], as G's output) vs their labels."""
-    import numpy as np
-
     from metrics.consistency import group_squared_errors
 
     sums, n = np.zeros(len(CONS_GROUPS)), len(dataset)
@@ -137,8 +133,6 @@ def real_image_levels(dataset, reconstructor: torch.nn.Module, device: torch.dev
         images = torch.as_tensor(np.stack([im for im, _ in items]), device=device).float() / 127.5 - 1
         p_hat = reconstructor(images).float().cpu().numpy()
         sums += group_squared_errors(p_hat, np.stack([label for _, label in items]), CONS_GROUPS)
-    from deep3drecon.coeffs import COEFF_SLICES
-
     return {f"cons_{g}": float(sums[k] / (n * (COEFF_SLICES[g].stop - COEFF_SLICES[g].start)))
             for k, g in enumerate(CONS_GROUPS)}  # fmt: skip
 

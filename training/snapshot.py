@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from torch_utils.errors import UserError, first_line
-from torch_utils.misc import state_dict_mismatch
+from torch_utils.misc import describe_state_dict_mismatch
 
 NETWORK_FORMAT = "taxfree3dmm-network-v1"
 STATE_FORMAT = "taxfree3dmm-training-state-v1"
@@ -269,21 +269,9 @@ def safe_load(path: str) -> dict[str, Any]:
 
 def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: str) -> None:
     """module.load_state_dict(state) after checking names and shapes; a mismatch is one line naming a tensor."""
-    expected = module.state_dict()
-    missing, unexpected, wrong = state_dict_mismatch(expected, state)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-    if wrong:
-        k = wrong[0]
-        got = list(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__
-        problems.append(f"{len(wrong)} of another shape (e.g. {k}: {got} in the file, {list(expected[k].shape)} "
-                        "in the network)")  # fmt: skip
+    problems = describe_state_dict_mismatch(module.state_dict(), state)
     if problems:
-        raise UserError(f"snapshot {path}: the {what} weights do not fit the network its config builds: "
-                        f"{'; '.join(problems)}")  # fmt: skip
+        raise UserError(f"snapshot {path}: the {what} weights do not fit the network its config builds: {problems}")
     try:
         module.load_state_dict(state)
     except Exception as e:  # dtype or other torch-side refusals

@@ -114,7 +114,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     grid_gen = torch.Generator().manual_seed(config.seed)
     grid_idx = torch.randint(len(p_bank), [gh], generator=grid_gen)
     grid_z = torch.randn([gw if config.cond else gw * gh, config.z_dim], generator=grid_gen).to(device)
-    grid_rep = rep_bank(grid_idx.to(device))[1] if config.cond else None
+    grid_rep = rep_bank(grid_idx.to(device)) if config.cond else None
     if rank == 0 and resume_state is None:
         reals = np.stack([dataset[int(i)][0] for i in torch.randint(len(dataset), [gw * gh], generator=grid_gen)])
         save_image_grid(reals, os.path.join(run_dir, "reals.png"), gw, drange=(0, 255))
@@ -130,8 +130,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         z = torch.randn([batch_gpu, config.z_dim], device=device, generator=rng)
         if not config.cond:
             return z, None
-        _, rep = rep_bank(torch.randint(len(p_bank), [batch_gpu], device=device, generator=rng))
-        return z, rep
+        return z, rep_bank(torch.randint(len(p_bank), [batch_gpu], device=device, generator=rng))
 
     _log(rank, fast_paths.describe(config))
     _log(rank, f"Training for {config.kimg} kimg: batch {config.batch} = {world_size} process(es) x {num_rounds} "

@@ -131,7 +131,7 @@ def test_unexpected_key_is_named(tmp_path: Path) -> None:
 def test_shape_mismatch_is_named(official_r50, tmp_path: Path) -> None:
     state = dict(official_r50[1])
     state["final_layers.0.weight"] = torch.zeros(81, 2048, 1, 1)
-    with pytest.raises(UserError, match=r"shape mismatch: final_layers\.0\.weight \(81, 2048, 1, 1\)"):
+    with pytest.raises(UserError, match=r"\(file != network\): final_layers\.0\.weight \(81, 2048, 1, 1\)"):
         load_recon_net(save_state(tmp_path, state))
 
 

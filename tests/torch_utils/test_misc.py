@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from torch_utils.errors import Command, Group, UserError
-from torch_utils.misc import pick_device, quantize_uint8
+from torch_utils.misc import describe_state_dict_mismatch, pick_device, quantize_uint8
 
 
 def test_quantize_uint8_matches_a_naive_loop_and_stylegan2_rounding():
@@ -93,3 +93,14 @@ def test_format_time():
 
     assert [format_time(s) for s in (12.4, 184, 3723, 2 * 86400 + 3 * 3600 + 4 * 60 + 5)] == [
         "12s", "3m 04s", "1h 02m 03s", "2d 03h 04m"]
+
+
+def test_state_dict_mismatch_names_each_kind_in_one_line():
+    expected = {f"w{i}": torch.zeros(2, 3) for i in range(9)}
+    assert describe_state_dict_mismatch(expected, dict(expected)) == ""
+    state = {k: v for k, v in expected.items() if k not in ("w0", "w1")}
+    state.update({f"extra{i}": torch.zeros(1) for i in range(8)}, w2=torch.zeros(3, 2), w3=1.5)
+    assert describe_state_dict_mismatch(expected, state) == (
+        "missing keys: w0, w1; "
+        "unexpected keys: extra0, extra1, extra2, extra3, extra4, extra5, ... (+2 more); "
+        "shape mismatch (file != network): w2 (3, 2) != (2, 3), w3 float != (2, 3)")
