@@ -53,12 +53,14 @@ def images(opts: Options, seeds: list[int], cols: int) -> None:
 @click.option("--attr", multiple=True, type=click.Choice(list(cg.ATTR_GROUPS)), default=list(cg.ATTR_GROUPS),
               show_default=True, help="Attribute group resampled across columns (repeatable)")  # fmt: skip
 @click.option("--cols", default=7, show_default=True, type=click.IntRange(min=1), help="Variations per grid")
-def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int) -> None:
+@click.option("--sweep", is_flag=True,
+              help="Donors at the bank's 2%..98% quantiles of the group's first varied coefficient, ascending")
+def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool) -> None:
     """A base face, then one attribute group (id+tex | exp | SH light | angles) from bank donors (fig. 3)."""
     s = open_session(opts, "vary", needs_p=True)
     for seed in seeds:
         for name in attr:
-            write(s, cg.vary_grid(s.sampler, seed, s.bank, name, cols), f"vary-{name}-seed{seed:04d}")
+            write(s, cg.vary_grid(s.sampler, seed, s.bank, name, cols, sweep), f"vary-{name}-seed{seed:04d}")
 
 
 @cli.command("resample-z", short_help="Fig. 4: same p per row, new z per column.")

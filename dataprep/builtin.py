@@ -15,7 +15,7 @@ from pathlib import Path
 from deep3drecon import assets
 
 FR_RESOLUTION = 32  # the smoke resolution; FaceReconstructor resizes other inputs to it
-FR_TRAIN_IMAGES, FR_HELD_OUT_IMAGES = 4000, 400
+FR_TRAIN_IMAGES, FR_HELD_OUT_IMAGES = 8000, 400
 FR_TRAIN_SEED, FR_HELD_OUT_SEED = 1_000_001, 1_000_002
 
 
@@ -46,9 +46,12 @@ def builtin_recon_path(progress: bool = True) -> Path:
         from deep3drecon.train_synthetic_fr import FRTrainingSet, SyntheticFRConfig, train_synthetic_fr
 
         fm_path = assets.synthetic_face_model_path(progress=progress)
-        train = render_scene_arrays(FR_TRAIN_IMAGES, FR_RESOLUTION, FR_TRAIN_SEED, progress, face_model_path=fm_path)
+        # In this process (workers=0): composing a 32-px scene takes a fifth of rendering it, less than a worker
+        # pool's transfers cost (8000 scenes: 15 s vs 19 s on 2 cores). The images are the same either way.
+        train = render_scene_arrays(FR_TRAIN_IMAGES, FR_RESOLUTION, FR_TRAIN_SEED, progress, face_model_path=fm_path,
+                                    workers=0)
         held_out = render_scene_arrays(FR_HELD_OUT_IMAGES, FR_RESOLUTION, FR_HELD_OUT_SEED, progress,
-                                       face_model_path=fm_path)
+                                       face_model_path=fm_path, workers=0)
         cfg = SyntheticFRConfig(backbone=assets.SYNTHETIC_FR_BACKBONE)
         result = train_synthetic_fr(cfg, FRTrainingSet.from_uint8(*train),
                                     FRTrainingSet.from_uint8(held_out[0], None, held_out[2]), out=tmp,

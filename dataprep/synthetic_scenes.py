@@ -15,7 +15,8 @@ Distribution of p (radians for angle, decimetres for trans; N(0, s) truncated at
     id [80]      N(0, 0.8) for the first ACTIVE["id"] = 5 (face width, length, nose, jaw, eye spacing of
                  deep3drecon.synthetic), 0 after
     exp [64]     N(0, 0.8) for the first ACTIVE["exp"] = 4 (mouth open, smile, eyes closed, brows raised), 0 after;
-                 mouth open as |N(0, 0.8)|, since a negative jaw drop would push the lower lip into the upper one
+                 mouth open and brows raised as |N(0, 0.8)|: a negative jaw drop would push the lower lip into the
+                 upper one, lowered brows would cover the eyes and look like closed eyes
     tex [80]     N(0, 0.8) for the first ACTIVE["tex"] = 3 (skin tone, redness, lip colour), 0 after
     angle        pitch 0, yaw N(0, 0.35), roll N(0, 0.12)
     gamma        bands 1-3 (the light direction) N(0, 0.16), the same in the three colours; DC and bands 4-8 0
@@ -63,7 +64,7 @@ from torch_utils.misc import pick_device
 
 P_DISTRIBUTION: dict[str, str] = {
     "id": f"first {ACTIVE['id']}: N(0, 0.8) truncated at 2.5 sigma; others 0",
-    "exp": f"first {ACTIVE['exp']}: N(0, 0.8) truncated (mouth open |N(0, 0.8)|); others 0",
+    "exp": f"first {ACTIVE['exp']}: N(0, 0.8) truncated (mouth open, brows raised |N(0, 0.8)|); others 0",
     "tex": f"first {ACTIVE['tex']}: N(0, 0.8) truncated; others 0",
     "angle": "pitch 0, yaw N(0, 0.35), roll N(0, 0.12) rad, truncated",
     "gamma": "bands 1-3 N(0, 0.16), the same in every colour; DC and bands 4-8 0 (white light)",
@@ -87,7 +88,7 @@ def sample_coeffs(rng: np.random.Generator) -> np.ndarray:
     gamma[:, 1:4] = _trunc_normal(rng, 0.16, 3)[None]  # one light direction, white
     active = lambda n, k: (np.arange(n) < k).astype(np.float64)  # noqa: E731 (the world's truncated prior)
     exp = _trunc_normal(rng, 0.8, 64) * active(64, ACTIVE["exp"])
-    exp[0] = abs(exp[0])
+    exp[[0, 3]] = np.abs(exp[[0, 3]])  # mouth open, brows raised: one-sided (see the module docstring)
     p = np.concatenate(
         [
             _trunc_normal(rng, 0.8, 80) * active(80, ACTIVE["id"]),

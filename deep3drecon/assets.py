@@ -45,7 +45,7 @@ RECON_HELP = (
 SYNTHETIC_FR_BACKBONE = "small"
 # Bump when the synthetic face model, its world or the synthetic-FR recipe changes, so stale caches (face model,
 # built-in dataset, FR: their names carry it) are not reused.
-SYNTHETIC_FR_VERSION = 7
+SYNTHETIC_FR_VERSION = 8
 
 
 def cache_dir() -> Path:

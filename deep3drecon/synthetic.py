@@ -127,7 +127,7 @@ def _mean_albedo(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, dict[str, np
         eye_w += _sigmoid((1 - r_eye) / 0.12)
         iris_w += _sigmoid((0.07 - r_iris) / 0.006) * _sigmoid((1 - r_eye) / 0.12)
         pupil_w += _sigmoid((0.03 - r_iris) / 0.004)
-    nostril_w = _sym_gauss(x, y, 0.055, -0.155, 0.03, 0.018)
+    nostril_w = _sym_gauss(x, y, 0.06, -0.15, 0.04, 0.024)  # large enough to show at 32 px
     cheek_w = _sym_gauss(x, y, 0.38, -0.1, 0.12, 0.1)
 
     color = np.tile(skin, (x.size, 1))
@@ -203,13 +203,16 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
     """
     zero = np.zeros_like(x)
     nose = _gauss(x, y, 0, -0.02, 0.1, 0.2)
+    nose_w = _gauss(x, y, 0, -0.05, 0.14, 0.2)  # wider window for the in-plane part: a gentler gradient
     jaw = _sigmoid((-0.3 - y) / 0.1)
     eyes = _sym_gauss(x, y, 0.31, 0.29, 0.16, 0.12)
     cheeks = _sym_gauss(x, y, 0.5, -0.15, 0.15, 0.2)
     named = [
         np.stack([0.25 * x, zero, zero], 1),  # face width
         np.stack([zero, 0.2 * (y - 0.05), zero], 1),  # face length
-        np.stack([1.8 * x * nose, -0.2 * nose * (y < 0.1), 0.25 * nose], 1),  # nose size (wide, long, prominent)
+        # nose size: wider, longer (the nostrils move down, the lips stay), more prominent
+        np.stack([0.5 * x * nose_w, -0.12 * nose_w * _sigmoid((0.1 - y) / 0.08) * _sigmoid((y + 0.25) / 0.02),
+                  0.35 * nose], 1),
         np.stack([0.35 * x * jaw, zero, zero], 1),  # jaw width
         np.stack([0.2 * np.sign(x) * eyes, zero, zero], 1),  # eye spacing
         np.stack([zero, -0.2 * jaw * _sigmoid((-0.55 - y) / 0.08), 0.05 * _gauss(x, y, 0, -0.8, 0.2, 0.15)], 1),
@@ -226,9 +229,8 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
 def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Expression displacement fields [V, 3, 64] in dm per unit coefficient.
 
-    The first ACTIVE["exp"]: mouth open (the jaw drops 0.25 dm = 3.6 px at 32 px), smile, eyes closed (fully at 1.6,
-    wider open below 0),
-    brows raised; then frown, pucker, ...
+    The first ACTIVE["exp"]: mouth open (the jaw drops 0.25 dm = 3.6 px at 32 px), smile, eyes closed (nearly shut
+    at 1.6, wider open below 0), brows raised (0.15 dm per unit, eyes left in place); then frown, pucker, ...
     """
     zero = np.zeros_like(x)
     # Jaw drop: everything below the mouth line moves down/back; the mouth-line vertices move half way, which
@@ -238,12 +240,17 @@ def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
     side = np.sign(x)
     blink_dy = np.zeros_like(x)
     for cx, cy in _EYE_CENTRES:
-        # Closing: the whole eye (lids and eyeball) collapses onto the lid line just below the eye centre, fully at
-        # 1.6 (a factor 1 - c / 1.6 on the height); the skin above and below stretches to cover it. Negative
-        # coefficients open the eyes wider.
-        band = _sigmoid((0.13 - np.abs(y - cy)) / 0.02) * np.exp(-0.5 * ((x - cx) / 0.2) ** 4)
-        blink_dy += -(y - (cy - 0.02)) * band / 1.6
-    brows = _gauss(np.abs(x), y, 0.3, 0.47, 0.24, 0.09)
+        # Closing: the eye (lids and eyeball) collapses onto the lid line just below the eye centre, nearly shut at
+        # 1.6 (a factor 1 - c / 1.6 on the height at the lid line); the skin above and below stretches to cover it.
+        # Negative coefficients open the eyes wider.
+        # The window is a Gaussian in the distance to the lid line, so the displacement's slope never falls below
+        # -0.45 / 1.6 per unit: opening the eyes wider (c < 0) stretches the skin around them instead of folding
+        # the eye over the brows.
+        lid = y - (cy - 0.02)
+        blink_dy += -lid * np.exp(-0.5 * (lid / 0.12) ** 2) * np.exp(-0.5 * ((x - cx) / 0.2) ** 4) / 1.6
+    # Brow raise: 0 up to the upper eyelid, the whole amount from the brow line up, fading out toward the top of the
+    # head. The eyes do not move with the brows, which would make raised brows look like wide-open eyes.
+    brows = np.interp(y, [0.37, 0.43, 1.1], [0.0, 1.0, 0.0]) * np.exp(-0.5 * (x / 0.5) ** 4)
     inner_brows = _sym_gauss(x, y, 0.17, 0.44, 0.1, 0.07)
     lips = _gauss(x, y, 0, _MOUTH_Y, 0.25, 0.09)
     cheeks = _sym_gauss(x, y, 0.36, -0.2, 0.12, 0.12)
@@ -251,7 +258,7 @@ def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
         np.stack([zero, -0.25 * below, -0.05 * below], 1),  # mouth open
         np.stack([0.1 * side * corners, 0.2 * corners + 0.03 * cheeks, 0.03 * cheeks], 1),  # smile
         np.stack([zero, blink_dy, zero], 1),  # eyes closed
-        np.stack([zero, 0.2 * brows, zero], 1),  # brows raised
+        np.stack([zero, 0.15 * brows, zero], 1),  # brows raised (the world draws c >= 0)
         np.stack([-0.07 * side * inner_brows, -0.1 * inner_brows, zero], 1),  # frown
         np.stack([-0.4 * x * lips, zero, 0.05 * lips], 1),  # pucker
         np.stack([0.03 * side * corners, -0.01 * corners, zero], 1),  # mouth stretch

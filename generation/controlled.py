@@ -106,6 +106,23 @@ def donor_indices(seed: int, bank_size: int, count: int, exclude: int) -> np.nda
     return idx + (idx >= exclude)
 
 
+def sweep_indices(bank: torch.Tensor, groups: Sequence[str], count: int) -> np.ndarray:
+    """count bank rows [count] that sweep `groups` from one end of the bank to the other, in order.
+
+    The rows sit at evenly spaced quantiles (2% to 98%) of the groups' first coefficient that varies in the bank,
+    ascending: yaw for angle (pitch comes first but may be constant), face width / the first identity component
+    for id, mouth open for the synthetic world's exp. For a PCA model such as the BFM, whose first coefficient has
+    the largest variance, that is the bank's main direction of change. A grid's columns then move monotonically
+    along it (the donors' other coefficients of the group come along) instead of jumping between random donors.
+    """
+    cols = torch.cat([bank[:, COEFF_SLICES[g]] for g in groups], dim=1)
+    varied = torch.nonzero(cols.std(dim=0) > 0).flatten() if len(bank) > 1 else torch.zeros(0, dtype=torch.int64)
+    if len(varied) == 0:
+        return np.zeros(count, dtype=np.int64)
+    order = torch.argsort(cols[:, varied[0]], stable=True).numpy()
+    return order[np.rint(np.linspace(0.02, 0.98, count) * (len(bank) - 1)).astype(np.int64)]
+
+
 def mix_groups(base: torch.Tensor, donors: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:
     """base [257] or [N, 257], donors [C, 257] -> [C, 257] or [N, C, 257]: base with `groups` copied from donors."""
     out = base[..., None, :].repeat_interleave(len(donors), dim=-2).clone()
@@ -302,13 +319,20 @@ def images_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor | None, col
     return GridResult(math.ceil(len(seeds) / cols), cols, tiles, [f"seed{x:04d}" for x in seeds], p)
 
 
-def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int) -> GridResult:
-    """Fig. 3: [base, base with ATTR_GROUPS[attr] from `count` donor rows of the bank], all with z(seed)."""
+def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, sweep: bool = False) -> GridResult:
+    """Fig. 3: [base, base with ATTR_GROUPS[attr] from `count` donor rows of the bank], all with z(seed).
+
+    Donors are random rows (seeded by seed), or with `sweep` the same rows for every base, ordered from one end of
+    the bank's range to the other (`sweep_indices`).
+    """
     _check_bank(s.G, bank, "vary")
     if attr not in ATTR_GROUPS:
         raise UserError(f"unknown attribute {attr!r}; choose one of {', '.join(ATTR_GROUPS)}")
     base = p_index(seed, len(bank))
-    donors = bank[donor_indices(seed, len(bank), count, exclude=base)]
+    if sweep:
+        donors = bank[sweep_indices(bank, ATTR_GROUPS[attr], count)]
+    else:
+        donors = bank[donor_indices(seed, len(bank), count, exclude=base)]
     p = torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
     tiles = s.synthesize(s.mapping([seed]).repeat(len(p), 1, 1), p, [seed] * len(p), desc=f"vary {attr}")
     return GridResult(1, len(p), tiles, [f"seed{seed:04d}-col{c:02d}" for c in range(len(p))], p)

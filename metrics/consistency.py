@@ -51,7 +51,7 @@ def compute_consistency(
     for done, chunk in enumerate(batches(mine, ctx.batch_size), start=1):
         z, label_idx = sample_latents_and_labels(chunk, ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
         p = torch.as_tensor(ctx.p_bank[label_idx], dtype=torch.float32, device=ctx.device)
-        rep = ctx.make_rep(p)
+        rep = ctx.make_rep(p) if ctx.bank_rep is None else ctx.bank_rep(torch.as_tensor(label_idx, dtype=torch.int64))
         with seeded_torch_rng(ctx.device, ctx.seed, int(chunk[0])):  # repeatable noise, as run_generator
             img = ctx.G(torch.as_tensor(z, device=ctx.device), rep=rep, truncation_psi=1, noise_mode="random")
         p_hat = ctx.reconstructor(img).float()

@@ -35,8 +35,11 @@ class MetricContext:
     in [-1, 1]. dataset: `len`, `[i] -> (uint8 [3, R, R], float32 [257])`, `.name`, optional `.path` (enables the
     real-statistics cache). p_bank: label vectors p [M, 257] float32 sampled for generated images (the empirical
     distribution, as the paper trains). reconstructor: FR(img [N, 3, H, W] in [-1, 1]) -> coeffs [N, 257].
-    make_rep: p [N, 257] -> rep [N, 9, R, R] in [-1, 1] at G's resolution. progress: called as (done, total)
-    with this rank's item counts. feature_extractor_factory: device -> FeatureExtractor (default TF Inception).
+    make_rep: p [N, 257] -> rep [N, 9, R, R] in [-1, 1] at G's resolution. bank_rep: optional, rows of p_bank by
+    index [N] int64 -> the same rep (training.rep.RepBank, pre-rendered once), used instead of make_rep where a
+    metric takes p straight from the bank, so several snapshots are scored on one rendering of the bank.
+    progress: called as (done, total) with this rank's item counts. feature_extractor_factory: device ->
+    FeatureExtractor (default TF Inception).
     log: one-line messages for the user (e.g. the size of a cache file before it is written); None = silent.
     memo: results shared between the metrics of one evaluation (feature extractor, real and generated feature
     statistics), so FID and KID asked together make one real pass and one generation pass; build a fresh
@@ -49,6 +52,7 @@ class MetricContext:
     p_bank: np.ndarray | None = None
     reconstructor: torch.nn.Module | None = None
     make_rep: Callable[[torch.Tensor], torch.Tensor] | None = None
+    bank_rep: Callable[[torch.Tensor], torch.Tensor] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     num_gpus: int = 1

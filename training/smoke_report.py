@@ -3,9 +3,13 @@
 After training, `write_run_report` (called by train.py on the main process) writes into the run directory
   metric-cons1k.jsonl        cons1k (metrics/consistency.py: per-group MSE between p and FR(G(rep(p), z))) of the
                              first and the last network snapshot (lines already there, e.g. from --metrics, are reused)
-  vary-<attr>.png            for attr in id, exp, illum, angle, from the last snapshot: row r = one base face (p and z
-                             of seed r), column 0 = the base, columns 1-7 = the base with only that attribute group
-                             taken from another face of the dataset (generation.controlled.vary_grid, fig. 3)
+  vary-<attr>.png            for attr in id, exp, illum, angle, from the last snapshot: row pair r = one base face (p
+                             and z of seed r), column 0 = the base, columns 1-7 = the base with only that attribute
+                             group taken from another face of the dataset (generation.controlled.vary_grid, fig. 3); the
+                             same 7 donors in every row, sorted by the group's first varied coefficient (face width,
+                             mouth open, the light's first SH coefficient, yaw: `sweep_indices`), so each row sweeps
+                             from one end of the dataset's range to the other; above each row of G's
+                             images, the shaded render r(p) of the same cells: what G is asked to follow
 and prints per group the consistency at the start vs the end and the paths of the grids to look at, next to two
 reference levels that say how far "end" is from guessing and from the best G could reach:
   guess   the same MSE for a constant guess, the bank's mean p (per-coefficient variance of the labels); the first
@@ -69,7 +73,7 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     from generation.controlled import Sampler, vary_grid
     from metrics.registry import MetricContext, calc_metric, report_metric
     from training.dataset import ImageLabelDataset
-    from training.rep import make_rep
+    from training.rep import RepBank, make_rep
     from training.resolve import build_reconstructor, build_renderer, resolve_assets
     from training.snapshot import load_network
 
@@ -87,15 +91,19 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     reference = {"guess": guess_levels(dataset.labels),
                  "reals": real_image_levels(dataset, reconstructor, device, batch)}
     cons: dict[str, dict[str, float]] = {}
+    bank_rep = None  # rendered on first use: a run whose cons1k lines are all recorded needs none
     for path in dict.fromkeys([snapshots[0], snapshots[-1]]):
         name = os.path.basename(path)
         results = _recorded(run_dir, name)
         if results is None:
             log(f"Consistency ({CONS_METRIC}) of {name} ...", flush=True)
             G = load_network(path, device=device)
+            if bank_rep is None:  # both snapshots see the same p: render the bank's rows once (within rep_cache_mb)
+                bank_rep = RepBank(renderer, torch.as_tensor(dataset.labels, device=device), dataset.resolution,
+                                   cache_mb=config.rep_cache_mb)
             ctx = MetricContext(G=G, dataset=dataset, p_bank=dataset.labels, reconstructor=reconstructor,
                                 make_rep=functools.partial(make_rep, renderer, size=dataset.resolution),
-                                device=device, batch_size=batch, num_workers=0, seed=config.seed)
+                                bank_rep=bank_rep, device=device, batch_size=batch, num_workers=0, seed=config.seed)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 result = calc_metric(CONS_METRIC, ctx)
             report_metric(result, run_dir=run_dir, snapshot_name=name)
@@ -107,7 +115,10 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     bank = torch.as_tensor(dataset.labels)
     grids = {}
     for attr in VARY_ATTRS:
-        rows = [vary_grid(sampler, seed, bank, attr, VARY_DONORS).cells.images for seed in VARY_SEEDS]
+        rows = []
+        for seed in VARY_SEEDS:  # row pairs: the condition's shaded render r(p) above, G's image below
+            cells = vary_grid(sampler, seed, bank, attr, VARY_DONORS, sweep=True).cells
+            rows += [cells.renders, cells.images]
         grids[attr] = os.path.join(run_dir, f"vary-{attr}.png")
         save_image_grid(torch.cat(rows), grids[attr], VARY_DONORS + 1)
     dataset.close()
@@ -159,5 +170,5 @@ def format_summary(cons: dict[str, dict[str, float]], grids: dict[str, str], run
     if fakes:
         lines.append(f"  {fakes[-1]}  (fakes: each row one p, each column one z)")
     for attr, path in grids.items():
-        lines.append(f"  {path}  (row: one face; column 0 the face, then only '{attr}' changed)")
+        lines.append(f"  {path}  (row pairs: r(p) above G; column 0 the face, then only '{attr}' changed, low to high)")
     return "\n".join(lines)

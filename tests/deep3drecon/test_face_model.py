@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from deep3drecon.align import TEMPLATE_5, landmarks_68_to_5
 from deep3drecon.coeffs import COEFF_DIMS, COEFF_SLICES, split_coeffs
 from deep3drecon.face_model import FaceModel
-from deep3drecon.synthetic import make_synthetic_model, write_synthetic_mat
+from deep3drecon.synthetic import WORLD_GRID, make_synthetic_model, write_synthetic_mat
 from torch_utils.errors import UserError
 
 KEY_DTYPES = {
@@ -261,8 +261,35 @@ def test_bases_change_the_face(model: FaceModel) -> None:
     assert smile[48, 1] < lm0[48, 1] - 3 and smile[54, 1] < lm0[54, 1] - 3  # corners rise
     lid = lambda lm: (lm[41, 1] - lm[37, 1]).item()
     assert lid(with_coeff("exp", 2, 1.6)) < 0.5 * lid(lm0)  # eyes close (lid gap more than halves)
+    raised = with_coeff("exp", 3, 2.0)
+    assert torch.all(raised[17:27, 1] < lm0[17:27, 1] - 3)  # brows rise by > 3 px at 224 ...
+    assert (raised[36:48] - lm0[36:48]).abs().max() < 0.5  # ... and the eyes stay where they are
     tone = model.compute(torch.zeros(1, 257).index_fill_(1, torch.tensor([144]), 2.0)).albedo.mean()
     assert tone < base.albedo.mean() - 0.1  # tex[0] darkens the skin
+
+
+# (group, column, range the built-in world samples): every such shape change must keep the mesh unfolded.
+_UNFOLDED = [("id", 0, (-2, 2)), ("id", 1, (-2, 2)), ("exp", 0, (0, 2)), ("exp", 2, (-2, 1.5)), ("exp", 3, (0, 2))]
+
+
+@pytest.mark.parametrize(("group", "column", "span"), _UNFOLDED)
+def test_world_shape_changes_do_not_fold_the_mesh(group: str, column: int, span: tuple[float, float]) -> None:
+    """A folded mesh (a triangle turned over in the image plane) makes an image ambiguous: two coefficient values
+    can look alike, which a reconstructor cannot tell apart. Checked on the world's grid over its sampled range."""
+    fields = make_synthetic_model(seed=0, grid=WORLD_GRID)
+    shape = fields["meanshape"].reshape(-1, 3).astype(np.float64)
+    basis = fields["idBase" if group == "id" else "exBase"].reshape(-1, 3, 80 if group == "id" else 64)
+    tri = fields["tri"].astype(np.int64) - 1
+
+    def signed_areas(v: np.ndarray) -> np.ndarray:  # twice the xy-plane area of each triangle, + = counter-clockwise
+        a, b, c = v[tri[:, 0], :2], v[tri[:, 1], :2], v[tri[:, 2], :2]
+        return (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (c[:, 0] - a[:, 0]) * (b[:, 1] - a[:, 1])
+
+    rest = signed_areas(shape)
+    assert np.all(rest > 0)
+    for value in np.linspace(*span, 9):
+        moved = signed_areas(shape + value * basis[:, :, column])
+        assert np.all(moved > 0), f"{group}[{column}] = {value:.2f} folds {int((moved <= 0).sum())} triangles"
 
 
 def test_gradients_match_finite_differences(fields: dict[str, np.ndarray]) -> None:

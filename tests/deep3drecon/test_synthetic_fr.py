@@ -41,6 +41,11 @@ def test_coeff_loss_is_the_normalised_mse_of_varied_coefficients() -> None:
     moved = pred.clone()
     moved[:, 10:80] += 100.0  # unvaried coefficients do not count
     assert coeff_loss(moved, target, std).item() == pytest.approx(coeff_loss(pred, target, std).item())
+    # Weights scale their group's term: w_exp = 3 adds twice the exp term, groups not named weigh 1.
+    sl = COEFF_SLICES["exp"]
+    exp_term = ((pred[:, sl] - target[:, sl]) / std[sl]).square().mean().item()
+    weighted = coeff_loss(pred, target, std, {"exp": 3.0}).item()
+    assert weighted == pytest.approx(expected + 2 * exp_term, rel=1e-5)
 
 
 def test_world_varies_only_the_active_components(cache: Path) -> None:
@@ -51,6 +56,8 @@ def test_world_varies_only_the_active_components(cache: Path) -> None:
         block = p[:, COEFF_SLICES[name]]
         assert np.all(block[:, ACTIVE[name]:] == 0) and np.all(block[:, : ACTIVE[name]].std(axis=0) > 0.3)
     assert np.all(p[:, COEFF_SLICES["exp"].start] >= 0)  # mouth open is never negative
+    assert np.all(p[:, COEFF_SLICES["exp"].start + 3] >= 0)  # nor brows raised (lowered brows would cover the eyes)
+    assert np.all(p[:, COEFF_SLICES["exp"].start + 1 : COEFF_SLICES["exp"].start + 3].min(axis=0) < -1)  # two-sided
 
 
 @pytest.mark.slow
@@ -181,3 +188,8 @@ def test_random_blur_keeps_unblurred_half_and_preserves_mean() -> None:
     same = (out - img).abs().flatten(1).amax(dim=1) < 1e-6
     assert 16 < int(same.sum()) < 48  # about half untouched
     assert out[~same].std() < img[~same].std()  # smoothing reduces the variance of white noise
+    noise = torch.rand(800, 3, 8, 8)
+    few = random_blur(noise, torch.Generator().manual_seed(1), max_sigma=0.7, fraction=0.125)
+    blurred = int(((few - noise).abs().flatten(1).amax(dim=1) > 1e-6).sum())
+    assert 60 < blurred < 140  # about an eighth (100 of 800; binomial std ~9)
+    assert torch.equal(random_blur(noise, torch.Generator().manual_seed(1), fraction=0.0), noise)

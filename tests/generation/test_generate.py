@@ -112,6 +112,20 @@ def test_seed_streams() -> None:
     assert donors.min() >= 0 and donors.max() < 12 and 5 not in donors
 
 
+def test_sweep_indices_order_the_bank_along_its_first_varied_coefficient() -> None:
+    rng = np.random.default_rng(0)
+    bank = np.zeros((500, 257), np.float32)
+    angle = COEFF_SLICES["angle"]
+    bank[:, angle.start + 1] = rng.normal(0, 0.35, 500)  # yaw; pitch (first) stays 0
+    bank[:, angle.start + 2] = rng.normal(0, 0.5, 500)  # roll, independent
+    picks = cg.sweep_indices(torch.from_numpy(bank), ["angle"], 7)
+    # Reference: numpy's sorted yaw at the 2%..98% quantile positions.
+    expected = np.sort(bank[:, angle.start + 1])[np.rint(np.linspace(0.02, 0.98, 7) * 499).astype(int)]
+    np.testing.assert_array_equal(bank[picks, angle.start + 1], expected)
+    assert np.all(np.diff(bank[picks, angle.start + 1]) > 0)  # monotone sweep, low to high
+    assert cg.sweep_indices(torch.zeros(10, 257), ["angle"], 3).tolist() == [0, 0, 0]  # nothing varies: row 0
+
+
 def test_style_scales_follow_the_paper(env) -> None:
     G = load_network(env["cond"])
     assert cg.ws_resolutions(G) == [4, 4, 8, 8, 16, 16, 32, 32, 64, 64]

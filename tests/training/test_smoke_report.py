@@ -57,15 +57,18 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
     # Fakes grid: 8 x 8 cells (rows one p, columns one z), each shown at 96 px.
     fakes = np.asarray(PIL.Image.open(run / "fakes000000.008.png"))
     assert fakes.shape == (GRID_ROWS * 96, GRID_COLS * 96, 3)
-    # One vary grid per group: 6 rows (base faces) x 8 columns (the base, then 7 donors of that group).
+    # One vary grid per group: 6 row pairs (base faces: the render r(p) above G's image) x 8 columns (the base, then
+    # 7 donors of that group).
     for attr in smoke_report.VARY_ATTRS:
         path = run / f"vary-{attr}.png"
         grid = np.asarray(PIL.Image.open(path)).astype(np.int16)
-        assert grid.shape == (len(smoke_report.VARY_SEEDS) * 96, (smoke_report.VARY_DONORS + 1) * 96, 3)
+        assert grid.shape == (2 * len(smoke_report.VARY_SEEDS) * 96, (smoke_report.VARY_DONORS + 1) * 96, 3)
         assert report["grids"][attr] == str(path) and str(path) in printed
-        # Same z and same other groups along a row: only the varied group changes the image (columns differ).
-        row = grid[:96]
-        assert any(np.abs(row[:, 96 * c : 96 * (c + 1)] - row[:, :96]).max() > 0 for c in range(1, 8))
+        # Same z and same other groups along a row: only the varied group changes the condition and the image.
+        for row in (grid[:96], grid[96:192]):
+            assert any(np.abs(row[:, 96 * c : 96 * (c + 1)] - row[:, :96]).max() > 0 for c in range(1, 8))
+        render_row = grid[:96]
+        assert render_row[:3, :3].max() == 0  # the renders are on black: the corner of r(p) is background
     lines = [json.loads(line) for line in open(run / "metric-cons1k.jsonl")]
     assert [line["snapshot"] for line in lines] == [first, last]
     assert report["cons"][first] == lines[0]["results"] and report["cons"][last] == lines[1]["results"]
