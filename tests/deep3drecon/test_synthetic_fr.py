@@ -63,8 +63,8 @@ def test_world_varies_only_the_active_components(cache: Path) -> None:
 @pytest.mark.slow
 def test_training_recovers_every_group_on_held_out_scenes(cache: Path) -> None:
     """A short run (600 scenes, 400 steps of 32) beats predicting the mean in every group. Bounds ~0.05-0.1 above
-    what this run reaches (id 0.84, exp 0.92, tex 0.71, angle 0.60, gamma 0.58, trans 0.57); the full recipe of
-    dataprep.builtin (4000 scenes x 700 steps of 64) does better (docs/benchmarks.md)."""
+    what this run reaches (id 0.73, exp 0.91, tex 0.74, angle 0.61, gamma 0.61, trans 0.49); the full recipe of
+    dataprep.builtin (8000 scenes x 1500 steps of 64) reaches 0.22-0.48 (docs/benchmarks.md)."""
     from dataprep.synthetic_scenes import render_scene_arrays
     from deep3drecon.train_synthetic_fr import predict, train_synthetic_fr
 
@@ -74,9 +74,9 @@ def test_training_recovers_every_group_on_held_out_scenes(cache: Path) -> None:
     out = cache / "fr_test.pth"
     result = train_synthetic_fr(SyntheticFRConfig(steps=400, batch=32), train, held_out, out=out, progress=False)
     relative = {name: e["relative"] for name, e in result["errors"].items()}
-    bounds = {"id": 0.92, "exp": 0.98, "tex": 0.8, "angle": 0.7, "gamma": 0.67, "trans": 0.66}
+    bounds = {"id": 0.82, "exp": 0.98, "tex": 0.82, "angle": 0.7, "gamma": 0.69, "trans": 0.58}
     assert all(relative[name] < bound for name, bound in bounds.items()), relative
-    assert np.mean(list(relative.values())) < 0.78, relative
+    assert np.mean(list(relative.values())) < 0.75, relative
     net = load_recon_net(out)  # through the same loader as the release's checkpoint
     pred = predict(net, held_out.scenes)
     again = coeff_error_by_group(pred, held_out.coeffs)
