@@ -54,7 +54,7 @@ def images(opts: Options, seeds: list[int], cols: int) -> None:
               show_default=True, help="Attribute group resampled across columns (repeatable)")  # fmt: skip
 @click.option("--cols", default=7, show_default=True, type=click.IntRange(min=1), help="Variations per grid")
 @click.option("--sweep", is_flag=True,
-              help="Donors at the bank's 2%..98% quantiles of the group's first varied coefficient, ascending")
+              help="Donors: evenly spaced quantiles (2%..98%) of the group's first varied coefficient, ascending")
 def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool) -> None:
     """A base face, then one attribute group (id+tex | exp | SH light | angles) from bank donors (fig. 3)."""
     s = open_session(opts, "vary", needs_p=True)

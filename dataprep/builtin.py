@@ -47,7 +47,7 @@ def builtin_recon_path(progress: bool = True) -> Path:
 
         fm_path = assets.synthetic_face_model_path(progress=progress)
         # In this process (workers=0): composing a 32-px scene takes a fifth of rendering it, less than a worker
-        # pool's transfers cost (8000 scenes: 15 s vs 19 s on 2 cores). The images are the same either way.
+        # pool's transfers cost (docs/benchmarks.md, Quick start). The images are the same either way.
         train = render_scene_arrays(FR_TRAIN_IMAGES, FR_RESOLUTION, FR_TRAIN_SEED, progress, face_model_path=fm_path,
                                     workers=0)
         held_out = render_scene_arrays(FR_HELD_OUT_IMAGES, FR_RESOLUTION, FR_HELD_OUT_SEED, progress,

@@ -16,7 +16,8 @@ Distribution of p (radians for angle, decimetres for trans; N(0, s) truncated at
                  deep3drecon.synthetic), 0 after
     exp [64]     N(0, 0.8) for the first ACTIVE["exp"] = 4 (mouth open, smile, eyes closed, brows raised), 0 after;
                  mouth open and brows raised as |N(0, 0.8)|: a negative jaw drop would push the lower lip into the
-                 upper one, lowered brows would cover the eyes and look like closed eyes
+                 upper one, lowered brows would cover the eyes and look like closed eyes; eyes closed clipped at
+                 1.6 (shut)
     tex [80]     N(0, 0.8) for the first ACTIVE["tex"] = 3 (skin tone, redness, lip colour), 0 after
     angle        pitch 0, yaw N(0, 0.35), roll N(0, 0.12)
     gamma        bands 1-3 (the light direction) N(0, 0.16), the same in the three colours; DC and bands 4-8 0
@@ -64,7 +65,8 @@ from torch_utils.misc import pick_device
 
 P_DISTRIBUTION: dict[str, str] = {
     "id": f"first {ACTIVE['id']}: N(0, 0.8) truncated at 2.5 sigma; others 0",
-    "exp": f"first {ACTIVE['exp']}: N(0, 0.8) truncated (mouth open, brows raised |N(0, 0.8)|); others 0",
+    "exp": f"first {ACTIVE['exp']}: N(0, 0.8) truncated (mouth open, brows raised |N(0, 0.8)|; eyes closed <= 1.6); "
+           "others 0",
     "tex": f"first {ACTIVE['tex']}: N(0, 0.8) truncated; others 0",
     "angle": "pitch 0, yaw N(0, 0.35), roll N(0, 0.12) rad, truncated",
     "gamma": "bands 1-3 N(0, 0.16), the same in every colour; DC and bands 4-8 0 (white light)",
@@ -75,6 +77,11 @@ HAIR_COLOURS = np.array(
     dtype=np.float64,
 )
 SUPERSAMPLE = 2  # shapes are drawn at 2R and box-filtered to R, so their edges are not jagged
+# Expression columns the world draws as |N(0, 0.8)|: mouth open (a negative jaw drop would push the lower lip into the
+# upper one) and brows raised (lowered brows would cover the eyes and look like closed eyes).
+ONE_SIDED_EXP: tuple[int, ...] = (0, 3)
+# Eyes closed (exp column 2) is clipped at 1.6, where the eye is shut: beyond it the lids would cross.
+EYES_CLOSED, EYES_CLOSED_MAX = 2, 1.6
 
 
 def _trunc_normal(rng: np.random.Generator, std: float | np.ndarray, size: int | tuple) -> np.ndarray:
@@ -88,7 +95,8 @@ def sample_coeffs(rng: np.random.Generator) -> np.ndarray:
     gamma[:, 1:4] = _trunc_normal(rng, 0.16, 3)[None]  # one light direction, white
     active = lambda n, k: (np.arange(n) < k).astype(np.float64)  # noqa: E731 (the world's truncated prior)
     exp = _trunc_normal(rng, 0.8, 64) * active(64, ACTIVE["exp"])
-    exp[[0, 3]] = np.abs(exp[[0, 3]])  # mouth open, brows raised: one-sided (see the module docstring)
+    exp[list(ONE_SIDED_EXP)] = np.abs(exp[list(ONE_SIDED_EXP)])
+    exp[EYES_CLOSED] = min(exp[EYES_CLOSED], EYES_CLOSED_MAX)
     p = np.concatenate(
         [
             _trunc_normal(rng, 0.8, 80) * active(80, ACTIVE["id"]),

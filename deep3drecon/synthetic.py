@@ -211,9 +211,9 @@ def _identity_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, z: n
         np.stack([0.25 * x, zero, zero], 1),  # face width
         np.stack([zero, 0.2 * (y - 0.05), zero], 1),  # face length
         # nose size: wider, longer (the nostrils move down, the lips stay), more prominent
-        np.stack([0.5 * x * nose_w, -0.12 * nose_w * _sigmoid((0.1 - y) / 0.08) * _sigmoid((y + 0.25) / 0.02),
+        np.stack([0.5 * x * nose_w, -0.12 * nose_w * _sigmoid((0.1 - y) / 0.08) * _sigmoid((y + 0.25) / 0.07),
                   0.35 * nose], 1),
-        np.stack([0.35 * x * jaw, zero, zero], 1),  # jaw width
+        np.stack([0.33 * x * jaw, zero, zero], 1),  # jaw width
         np.stack([0.2 * np.sign(x) * eyes, zero, zero], 1),  # eye spacing
         np.stack([zero, -0.2 * jaw * _sigmoid((-0.55 - y) / 0.08), 0.05 * _gauss(x, y, 0, -0.8, 0.2, 0.15)], 1),
         # ^ chin length
@@ -243,9 +243,10 @@ def _expression_basis(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
         # Closing: the eye (lids and eyeball) collapses onto the lid line just below the eye centre, nearly shut at
         # 1.6 (a factor 1 - c / 1.6 on the height at the lid line); the skin above and below stretches to cover it.
         # Negative coefficients open the eyes wider.
-        # The window is a Gaussian in the distance to the lid line, so the displacement's slope never falls below
-        # -0.45 / 1.6 per unit: opening the eyes wider (c < 0) stretches the skin around them instead of folding
-        # the eye over the brows.
+        # The window is a Gaussian in the distance d to the lid line: d * exp(-d^2 / 2 s^2) has slope >= -0.45, so
+        # opening the eyes wider (c < 0) stretches the skin around them instead of folding the eye over the brows
+        # (a fold would need c < -1.6 / 0.45 = -3.6). Past c = 1.6 the eye would turn inside out; the built-in world
+        # clips it there (dataprep.synthetic_scenes.EYES_CLOSED_MAX).
         lid = y - (cy - 0.02)
         blink_dy += -lid * np.exp(-0.5 * (lid / 0.12) ** 2) * np.exp(-0.5 * ((x - cx) / 0.2) ** 4) / 1.6
     # Brow raise: 0 up to the upper eyelid, the whole amount from the brow line up, fading out toward the top of the

@@ -11,14 +11,14 @@ world of dataprep.synthetic_scenes: backgrounds, hair, hats, clothing, labels = 
 scenes, bare renders (black outside the face) and labels. Each batch mixes them the way FR meets images during
 training with the consistency loss (eq. 6: x' = alpha * x + (1 - alpha) * r(p)): 50% scenes, 20% bare renders,
 30% a blend with alpha ~ U(0, 1); an eighth of the batch is blurred (sigma 0.3-0.7 px), since generator images are
-softer than aliased renders (blurring half of it, as before, cost 0.03-0.05 of held-out relative MAE on id and exp,
+softer than aliased renders (blurring half of it, as before, cost 0.02-0.03 of held-out relative MAE on id and exp,
 the small features), and half is mirrored left-right with the labels mirrored to match (`mirror_coeffs`).
 
 Loss: per group, the mean squared coefficient error in units of the labels' std, weighted and summed over the groups,
     L = sum_g w_g mean_{n, k in g} ((p_hat_nk - p_nk) / sigma_k)^2      over the k with sigma_k > 0,
-with w = 1.5 for id, 3 for exp and 1 for the rest (`GROUP_WEIGHTS`): with equal weights the small features of id
-and exp trail (held-out 0.50 / 0.55 vs 0.27-0.45 for the other groups); the weights trade some of the others'
-margin for them (0.46 / 0.47 vs 0.22-0.43, docs/benchmarks.md). The synthetic world
+with w = 1.5 for id, 3 for exp and 1 for the rest (`SyntheticFRConfig.group_weights`): with equal weights the small
+features of id and exp trail (held-out 0.50 / 0.58 vs 0.25-0.41 for the other groups); the weights trade some of the
+others' margin for them (the recipe: 0.46 / 0.47 vs 0.22-0.42, docs/benchmarks.md). The synthetic world
 leaves the tails of the id / exp / tex bases at 0 (deep3drecon.synthetic.ACTIVE): those coefficients are left out,
 get no gradient, and their heads stay exactly at the zero init (the world's value).
 
@@ -63,6 +63,10 @@ class SyntheticFRConfig:
     batch: int = 64  # on 2 CPU threads 64 trains 1.6x more images per second than 32, at the same accuracy per image
     lr: float = 4e-3
     seed: int = 0
+    # Loss weight per group (module docstring); groups not named weigh 1.
+    group_weights: dict[str, float] = dataclasses.field(default_factory=lambda: {"id": 1.5, "exp": 3.0})
+    blur_fraction: float = 0.125  # share of each batch blurred ...
+    blur_max_sigma: float = 0.7  # ... by a Gaussian of sigma U(0.3, this) px
 
 
 @dataclass
@@ -115,8 +119,10 @@ def mirror_coeffs(coeffs: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def make_batch(data: FRTrainingSet, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [n, 3, S, S] in [0, 1], labels [n, 257]): scenes / bare renders / eq. 6 blends, an eighth blurred,
+def make_batch(
+    data: FRTrainingSet, n: int, generator: torch.Generator, blur_fraction: float = 0.125, blur_max_sigma: float = 0.7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [n, 3, S, S] in [0, 1], labels [n, 257]): scenes / bare renders / eq. 6 blends, blur_fraction blurred,
     half mirrored (with `mirror_coeffs` labels), which doubles the faces seen."""
     idx = torch.randint(len(data), (n,), generator=generator)
     kind = torch.rand(n, 1, 1, 1, generator=generator)
@@ -127,7 +133,7 @@ def make_batch(data: FRTrainingSet, n: int, generator: torch.Generator) -> tuple
     flip = torch.rand(n, generator=generator) < 0.5
     img = torch.where(flip[:, None, None, None], img.flip(-1), img)
     coeffs = torch.where(flip[:, None], mirror_coeffs(coeffs), coeffs)
-    return random_blur(img, generator, max_sigma=0.7, fraction=0.125), coeffs
+    return random_blur(img, generator, max_sigma=blur_max_sigma, fraction=blur_fraction), coeffs
 
 
 def coeff_error_by_group(pred: torch.Tensor, target: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -145,10 +151,6 @@ def coeff_error_by_group(pred: torch.Tensor, target: torch.Tensor) -> dict[str, 
         trivial = (t - t.mean(dim=0, keepdim=True)).abs().mean().item()
         result[name] = {"mae": mae, "trivial_mae": trivial, "relative": mae / max(trivial, 1e-12)}
     return result
-
-
-# Per-group loss weights w_g (module docstring); groups not named weigh 1.
-GROUP_WEIGHTS: dict[str, float] = {"id": 1.5, "exp": 3.0}
 
 
 def coeff_loss(
@@ -200,15 +202,18 @@ def train_synthetic_fr(
     # Short linear warm-up (Adam + freshly initialised BatchNorm overshoot at full lr), then cosine decay to 0 so the
     # last steps average out the noise of small batches, which matters in a run this short.
     warmup = max(1, cfg.steps // 20)
-    lr_factor = lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # noqa: E731
+
+    def lr_factor(step: int) -> float:
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(cfg.seed)
 
     net.train()
     with tqdm(total=cfg.steps, unit="step", disable=not progress, desc="  training the synthetic FR") as bar:
         for _ in range(cfg.steps):
-            img, coeffs = make_batch(train, cfg.batch, gen)
-            loss = coeff_loss(net(img), coeffs, std, GROUP_WEIGHTS)
+            img, coeffs = make_batch(train, cfg.batch, gen, cfg.blur_fraction, cfg.blur_max_sigma)
+            loss = coeff_loss(net(img), coeffs, std, cfg.group_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

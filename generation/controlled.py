@@ -39,6 +39,9 @@ ATTR_GROUPS = ATTRIBUTE_GROUPS
 REFERENCE_GROUPS: tuple[str, ...] = ("exp", "gamma", "angle")
 # Style-mixing scales of fig. 7, as inclusive ranges of the resolution a w modulates (upper None = up to R).
 STYLE_SCALES: dict[str, tuple[int, int | None]] = {"coarse": (4, 8), "middle": (16, 32), "fine": (64, None)}
+# `vary --sweep`: donors from the 2% to the 98% quantile of the group's first varied coefficient (the extremes of a
+# bank are often outliers; 2-98% spans +-2 std of a normal prior).
+SWEEP_QUANTILES: tuple[float, float] = (0.02, 0.98)
 # Separate random streams per purpose, so bank picks never correlate with z of the same seed.
 _P_STREAM, _DONOR_STREAM = 1, 2
 
@@ -109,7 +112,7 @@ def donor_indices(seed: int, bank_size: int, count: int, exclude: int) -> np.nda
 def sweep_indices(bank: torch.Tensor, groups: Sequence[str], count: int) -> np.ndarray:
     """count bank rows [count] that sweep `groups` from one end of the bank to the other, in order.
 
-    The rows sit at evenly spaced quantiles (2% to 98%) of the groups' first coefficient that varies in the bank,
+    The rows sit at evenly spaced quantiles (SWEEP_QUANTILES) of the groups' first coefficient that varies in the bank,
     ascending: yaw for angle (pitch comes first but may be constant), face width / the first identity component
     for id, mouth open for the synthetic world's exp. For a PCA model such as the BFM, whose first coefficient has
     the largest variance, that is the bank's main direction of change. A grid's columns then move monotonically
@@ -119,8 +122,8 @@ def sweep_indices(bank: torch.Tensor, groups: Sequence[str], count: int) -> np.n
     varied = torch.nonzero(cols.std(dim=0) > 0).flatten() if len(bank) > 1 else torch.zeros(0, dtype=torch.int64)
     if len(varied) == 0:
         return np.zeros(count, dtype=np.int64)
-    order = torch.argsort(cols[:, varied[0]], stable=True).numpy()
-    return order[np.rint(np.linspace(0.02, 0.98, count) * (len(bank) - 1)).astype(np.int64)]
+    order = torch.argsort(cols[:, varied[0]], stable=True).cpu().numpy()
+    return order[np.rint(np.linspace(*SWEEP_QUANTILES, count) * (len(bank) - 1)).astype(np.int64)]
 
 
 def mix_groups(base: torch.Tensor, donors: torch.Tensor, groups: Sequence[str]) -> torch.Tensor:

@@ -50,7 +50,7 @@ class RepBank:
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """Bank rows index [N] int64 -> rep(p_bank[index]) [N, 9, R, R] in [-1, 1], no gradient."""
         if self.cached is not None:
-            return self.cached[index]
+            return self.cached[index.to(self.cached.device)]
         with torch.no_grad():
             return make_rep(self.renderer, self.p_bank[index], self.size)
 

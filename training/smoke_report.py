@@ -7,8 +7,8 @@ After training, `write_run_report` (called by train.py on the main process) writ
                              and z of seed r), column 0 = the base, columns 1-7 = the base with only that attribute
                              group taken from another face of the dataset (generation.controlled.vary_grid, fig. 3); the
                              same 7 donors in every row, sorted by the group's first varied coefficient (face width,
-                             mouth open, the light's first SH coefficient, yaw: `sweep_indices`), so each row sweeps
-                             from one end of the dataset's range to the other; above each row of G's
+                             mouth open, the light's first varied SH coefficient (band 1), yaw: `sweep_indices`), so
+                             each row sweeps from one end of the dataset's range to the other; above each row of G's
                              images, the shaded render r(p) of the same cells: what G is asked to follow
 and prints per group the consistency at the start vs the end and the paths of the grids to look at, next to two
 reference levels that say how far "end" is from guessing and from the best G could reach:

@@ -268,8 +268,10 @@ def test_bases_change_the_face(model: FaceModel) -> None:
     assert tone < base.albedo.mean() - 0.1  # tex[0] darkens the skin
 
 
-# (group, column, range the built-in world samples): every such shape change must keep the mesh unfolded.
-_UNFOLDED = [("id", 0, (-2, 2)), ("id", 1, (-2, 2)), ("exp", 0, (0, 2)), ("exp", 2, (-2, 1.5)), ("exp", 3, (0, 2))]
+# (group, column, range the built-in world samples): these shape changes must keep the mesh unfolded. Not listed:
+# smile (exp 1) and eye spacing (id 4), which still fold beyond |c| ~ 1 and 1.5 (docs/benchmarks.md).
+_UNFOLDED = [("id", 0, (-2, 2)), ("id", 1, (-2, 2)), ("id", 2, (-2, 2)), ("id", 3, (-2, 2)), ("exp", 0, (0, 2)),
+             ("exp", 2, (-2, 1.6)), ("exp", 3, (0, 2))]
 
 
 @pytest.mark.parametrize(("group", "column", "span"), _UNFOLDED)

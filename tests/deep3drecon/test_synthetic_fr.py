@@ -55,16 +55,17 @@ def test_world_varies_only_the_active_components(cache: Path) -> None:
     for name in ("id", "exp", "tex"):
         block = p[:, COEFF_SLICES[name]]
         assert np.all(block[:, ACTIVE[name]:] == 0) and np.all(block[:, : ACTIVE[name]].std(axis=0) > 0.3)
-    assert np.all(p[:, COEFF_SLICES["exp"].start] >= 0)  # mouth open is never negative
-    assert np.all(p[:, COEFF_SLICES["exp"].start + 3] >= 0)  # nor brows raised (lowered brows would cover the eyes)
-    assert np.all(p[:, COEFF_SLICES["exp"].start + 1 : COEFF_SLICES["exp"].start + 3].min(axis=0) < -1)  # two-sided
+    exp = p[:, COEFF_SLICES["exp"]]
+    assert np.all(exp[:, 0] >= 0) and np.all(exp[:, 3] >= 0)  # mouth open, brows raised: never negative
+    assert np.all(exp[:, 1:3].min(axis=0) < -1)  # smile and eyes closed: two-sided
+    assert exp[:, 2].max() == np.float32(1.6) and exp[:, 1].max() > 1.7  # eyes closed stops at shut, smile does not
 
 
 @pytest.mark.slow
 def test_training_recovers_every_group_on_held_out_scenes(cache: Path) -> None:
     """A short run (600 scenes, 400 steps of 32) beats predicting the mean in every group. Bounds ~0.05-0.1 above
-    what this run reaches (id 0.73, exp 0.91, tex 0.74, angle 0.61, gamma 0.61, trans 0.49); the full recipe of
-    dataprep.builtin (8000 scenes x 1500 steps of 64) reaches 0.22-0.48 (docs/benchmarks.md)."""
+    what this run reaches (id 0.73, exp 0.91, tex 0.72, angle 0.65, gamma 0.58, trans 0.50); the full recipe of
+    dataprep.builtin (8000 scenes x 1500 steps of 64) reaches 0.22-0.47 (docs/benchmarks.md)."""
     from dataprep.synthetic_scenes import render_scene_arrays
     from deep3drecon.train_synthetic_fr import predict, train_synthetic_fr
 
@@ -74,7 +75,7 @@ def test_training_recovers_every_group_on_held_out_scenes(cache: Path) -> None:
     out = cache / "fr_test.pth"
     result = train_synthetic_fr(SyntheticFRConfig(steps=400, batch=32), train, held_out, out=out, progress=False)
     relative = {name: e["relative"] for name, e in result["errors"].items()}
-    bounds = {"id": 0.82, "exp": 0.98, "tex": 0.82, "angle": 0.7, "gamma": 0.69, "trans": 0.58}
+    bounds = {"id": 0.82, "exp": 0.98, "tex": 0.8, "angle": 0.72, "gamma": 0.66, "trans": 0.58}
     assert all(relative[name] < bound for name, bound in bounds.items()), relative
     assert np.mean(list(relative.values())) < 0.75, relative
     net = load_recon_net(out)  # through the same loader as the release's checkpoint

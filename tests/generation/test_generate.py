@@ -190,6 +190,18 @@ def test_vary_changes_only_its_group(env, tmp_path, attr: str) -> None:
         assert (labels[:, inside] == col[inside]).all(axis=1).any()  # the group is copied from some bank row
 
 
+def test_vary_sweep_uses_the_same_sorted_donors_for_every_seed(env, tmp_path) -> None:
+    ok("vary", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "5,6", "--attr", "angle", "--cols", "4",
+       "--sweep")  # fmt: skip
+    angle, labels = COEFF_SLICES["angle"], env["labels"]
+    donors = [np.load(tmp_path / f"vary-angle-seed{s:04d}-p.npy")[0, 1:, angle] for s in (5, 6)]
+    np.testing.assert_array_equal(donors[0], donors[1])  # the same donors whatever the base face
+    first = int(np.flatnonzero(labels[:, angle].std(axis=0) > 0)[0])  # the first angle the bank varies
+    values = np.sort(labels[:, angle][:, first])  # reference: numpy's sort at 4 evenly spaced quantile positions
+    expected = values[np.rint(np.linspace(0.02, 0.98, 4) * (len(labels) - 1)).astype(int)]
+    np.testing.assert_array_equal(donors[0][:, first], expected)
+
+
 def test_resample_modes_share_cells_with_images(env, tmp_path) -> None:
     ok("images", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "0-1", "--save-images")
     ok("resample-z", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "0-1", "--z-seeds", "0-2",
