@@ -88,9 +88,7 @@ class FRTrainingSet:
         return self.coeffs.shape[0]
 
 
-def random_blur(
-    img: torch.Tensor, generator: torch.Generator, max_sigma: float = 1.0, fraction: float = 0.5
-) -> torch.Tensor:
+def random_blur(img: torch.Tensor, generator: torch.Generator, *, max_sigma: float, fraction: float) -> torch.Tensor:
     """Blur each image of img [N, C, H, W] with probability `fraction`, by a Gaussian of random sigma in
     [0.3, max_sigma] px; the others are returned untouched."""
     n, c, h, w = img.shape
@@ -120,7 +118,7 @@ def mirror_coeffs(coeffs: torch.Tensor) -> torch.Tensor:
 
 
 def make_batch(
-    data: FRTrainingSet, n: int, generator: torch.Generator, blur_fraction: float = 0.125, blur_max_sigma: float = 0.7
+    data: FRTrainingSet, n: int, generator: torch.Generator, *, blur_fraction: float, blur_max_sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images [n, 3, S, S] in [0, 1], labels [n, 257]): scenes / bare renders / eq. 6 blends, blur_fraction blurred,
     half mirrored (with `mirror_coeffs` labels), which doubles the faces seen."""
@@ -212,7 +210,8 @@ def train_synthetic_fr(
     net.train()
     with tqdm(total=cfg.steps, unit="step", disable=not progress, desc="  training the synthetic FR") as bar:
         for _ in range(cfg.steps):
-            img, coeffs = make_batch(train, cfg.batch, gen, cfg.blur_fraction, cfg.blur_max_sigma)
+            img, coeffs = make_batch(train, cfg.batch, gen, blur_fraction=cfg.blur_fraction,
+                                     blur_max_sigma=cfg.blur_max_sigma)
             loss = coeff_loss(net(img), coeffs, std, cfg.group_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()

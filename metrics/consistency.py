@@ -50,12 +50,15 @@ def compute_consistency(
     mine = rank_indices(num_samples, ctx.rank, ctx.num_gpus)
     for done, chunk in enumerate(batches(mine, ctx.batch_size), start=1):
         z, label_idx = sample_latents_and_labels(chunk, ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
-        p = torch.as_tensor(ctx.p_bank[label_idx], dtype=torch.float32, device=ctx.device)
-        rep = ctx.make_rep(p) if ctx.bank_rep is None else ctx.bank_rep(torch.as_tensor(label_idx, dtype=torch.int64))
+        p = np.asarray(ctx.p_bank[label_idx], dtype=np.float32)
+        if ctx.bank_rep is not None:  # pre-rendered bank rows: no render, no host -> device copy of p
+            rep = ctx.bank_rep(torch.as_tensor(label_idx, dtype=torch.int64))
+        else:
+            rep = ctx.make_rep(torch.as_tensor(p, device=ctx.device))
         with seeded_torch_rng(ctx.device, ctx.seed, int(chunk[0])):  # repeatable noise, as run_generator
             img = ctx.G(torch.as_tensor(z, device=ctx.device), rep=rep, truncation_psi=1, noise_mode="random")
         p_hat = ctx.reconstructor(img).float()
-        sums[: len(groups)] += group_squared_errors(p_hat.cpu().numpy(), p.cpu().numpy(), groups)
+        sums[: len(groups)] += group_squared_errors(p_hat.cpu().numpy(), p, groups)
         sums[-2] += (ctx.make_rep(p_hat) - rep).double().pow(2).mean(dim=(1, 2, 3)).sum().item()
         sums[-1] += len(chunk)
         ctx.report(min(done * ctx.batch_size, len(mine)), len(mine))

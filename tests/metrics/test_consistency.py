@@ -37,3 +37,28 @@ def test_simulated_ranks_give_the_same_consistency(make_ctx):
     halves = [compute_consistency(make_ctx(leak=0.3, rank=r, num_gpus=2), num_samples=9) for r in range(2)]
     combined = (5 * halves[0]["cons_id"] + 4 * halves[1]["cons_id"]) / 9
     assert combined == pytest.approx(single["cons_id"], rel=1e-6)
+
+
+def test_bank_rep_replaces_the_render_of_bank_rows(make_ctx, standins):
+    """With bank_rep (pre-rendered bank rows, as training.rep.RepBank) the result is the same and make_rep only
+    renders FR's estimates; a bank_rep that returns other rows changes it, so the hook is what G sees."""
+    calls = []
+
+    def counting_make_rep(p: torch.Tensor) -> torch.Tensor:
+        calls.append(len(p))
+        return standins["make_rep"](p)
+
+    plain = compute_consistency(make_ctx(leak=0.3, make_rep=counting_make_rep), num_samples=20)
+    rendered_plain, calls[:] = sum(calls), []
+    bank = make_ctx().p_bank
+    rows = standins["make_rep"](torch.as_tensor(bank))  # every bank row rendered once
+
+    def bank_rep(index: torch.Tensor) -> torch.Tensor:
+        return rows[index]
+
+    hooked = compute_consistency(make_ctx(leak=0.3, make_rep=counting_make_rep, bank_rep=bank_rep), num_samples=20)
+    assert hooked == pytest.approx(plain, rel=1e-6)
+    assert rendered_plain == 40 and sum(calls) == 20  # p and p_hat per sample, then p_hat only
+    shifted = compute_consistency(make_ctx(leak=0.3, bank_rep=lambda index: rows[(index + 1) % len(rows)]),
+                                  num_samples=20)
+    assert shifted["cons_id"] != pytest.approx(plain["cons_id"], rel=1e-3)
