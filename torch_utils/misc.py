@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 
@@ -37,6 +40,25 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     if index >= torch.cuda.device_count():
         raise UserError(f"CUDA device {index} was requested but only {torch.cuda.device_count()} are visible")
     return torch.device("cuda", index)
+
+
+_FP16_ON_CPU = [False]  # test-only switch (fp16_blocks_on_cpu); never set by a user flag
+
+
+def fp16_blocks_active(device: torch.device) -> bool:
+    """Whether the fp16 blocks of G and D (num_fp16_res) compute in float16 on `device`: CUDA only, like StyleGAN2,
+    because half-precision convolutions on a CPU are slow; tests widen it to the CPU with `fp16_blocks_on_cpu`."""
+    return device.type == "cuda" or _FP16_ON_CPU[0]
+
+
+@contextlib.contextmanager
+def fp16_blocks_on_cpu() -> Iterator[None]:
+    """Test-only: run the fp16 blocks in float16 on CPU tensors too, so their casts are exercised without a GPU."""
+    previous, _FP16_ON_CPU[0] = _FP16_ON_CPU[0], True
+    try:
+        yield
+    finally:
+        _FP16_ON_CPU[0] = previous
 
 
 def quantize_uint8(images: torch.Tensor | np.ndarray, drange: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from torch_utils.errors import UserError
+from torch_utils.misc import fp16_blocks_active
 from torch_utils.ops import bias_act, modulated_conv, upfirdn2d
 from training.encoder import RenderEncoder
 from training.layers import Conv2dLayer, FullyConnectedLayer, block_resolutions, channels_at, fir_filter
@@ -202,8 +203,8 @@ class SynthesisBlock(nn.Module):
         force_fp32: bool = False,
         fused_modconv: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # fp16 only on CUDA (CPU half convs are slow/unsupported); parameters stay fp32 and are cast per call.
-        use_fp16 = self.use_fp16 and not force_fp32 and ws.device.type == "cuda"
+        # fp16 only on CUDA (CPU half convs are slow); parameters stay fp32 and are cast per call.
+        use_fp16 = self.use_fp16 and not force_fp32 and fp16_blocks_active(ws.device)
         param_dtype = self.conv1.weight.dtype  # float32 unless the whole module was cast (e.g. .double() in tests)
         dtype = torch.float16 if use_fp16 else param_dtype
         if fused_modconv is None:
@@ -385,7 +386,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor, force_fp32: bool = False) -> torch.Tensor:
-        use_fp16 = self.use_fp16 and not force_fp32 and img.device.type == "cuda"
+        use_fp16 = self.use_fp16 and not force_fp32 and fp16_blocks_active(img.device)
         dtype = torch.float16 if use_fp16 else self.conv0.weight.dtype  # parameter dtype: float32 unless cast
         x = self.fromrgb(img.to(dtype)) if self.in_channels == 0 else x.to(dtype)
         # sqrt(1/2) on both branches keeps the variance of the sum; passed as gain so the clamp scales too.
