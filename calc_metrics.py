@@ -59,7 +59,7 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
     them once, in the parent process, before any rank starts (so downloads and cached builds happen once)."""
     from training.dataset import ImageLabelDataset
     from training.resolve import resolve_assets
-    from training.snapshot import load_network
+    from training.run.snapshot import load_network
 
     G = load_network(opts.network, device="cpu")
     config = getattr(G, "snapshot_config", {}) or {}
@@ -82,7 +82,7 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
 def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> MetricContext:
     """Loads G_ema, the dataset and (when resolved) the renderer for rep(p) and FR; returns the MetricContext."""
     from training.dataset import ImageLabelDataset
-    from training.snapshot import load_network
+    from training.run.snapshot import load_network
 
     G = load_network(opts.network, device=device)
     dataset = ImageLabelDataset(opts.data, require_labels=G.is_conditional, check_images=False)  # checked above

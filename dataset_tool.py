@@ -198,7 +198,7 @@ def synthetic(
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON instead of a table")
 def info(path: str, as_json: bool) -> None:
     """Images, resolution, label dimension and per-group label statistics of a dataset."""
-    from dataprep.info import dataset_info, format_info
+    from training.dataset_info import dataset_info, format_info
 
     summary = _run(dataset_info, path=path)
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))

@@ -160,7 +160,7 @@ def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | 
     from generation.feature_derivatives import derivative_sparsity, feature_derivative_maps, maps_to_image
     from training.dataset import ImageLabelDataset
     from training.resolve import build_renderer, pick_device, resolve_assets
-    from training.snapshot import load_network
+    from training.run.snapshot import load_network
 
     dev = pick_device(device)
     G = load_network(network, dev)

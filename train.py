@@ -22,10 +22,10 @@ import torch
 from torch_utils import distributed
 from torch_utils.errors import Command, UserError
 from torch_utils.misc import pick_device
-from training import snapshot
 from training.config import TrainConfig, resolve_config, validate
 from training.resolve import resolve_run
-from training.run_dir import RunLock, create_run_dir, lock_existing_run, next_run_number
+from training.run import snapshot
+from training.run.run_dir import RunLock, create_run_dir, lock_existing_run, next_run_number
 
 # Flags that may change when a run is resumed; everything else comes from the saved config.
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
@@ -114,10 +114,10 @@ def launch(config: TrainConfig, run_dir: str, resume_state: str | None) -> None:
                 torch.multiprocessing.spawn(run_worker, args=(config, run_dir, resume_state, init_method),
                                             nprocs=config.gpus)
             except torch.multiprocessing.ProcessRaisedException as e:
-                # A rank's UserError (e.g. training.nonfinite.TrainingDiverged) arrives as its traceback text; its
+                # A rank's UserError (e.g. training.run.nonfinite.TrainingDiverged) arrives as its traceback text; its
                 # last line "module.Class: message" is the one line the user needs.
                 last = str(e).strip().splitlines()[-1]
-                if last.startswith(("torch_utils.errors.UserError: ", "training.nonfinite.TrainingDiverged: ")):
+                if last.startswith(("torch_utils.errors.UserError: ", "training.run.nonfinite.TrainingDiverged: ")):
                     raise UserError(last.split(": ", 1)[1]) from None
                 raise
 
@@ -150,7 +150,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
         config.outdir = outdir
         data_path = prepare_assets(config, dry_run)
         if config.init_from is not None:  # read it now: a missing, refused or generator-less file fails early
-            from training.init_from import read_init_source
+            from training.interop.init_from import read_init_source
 
             read_init_source(config.init_from)
         data_name = os.path.splitext(os.path.basename(data_path.rstrip("/")))[0]

@@ -235,14 +235,15 @@ def check_training(table: Table, device: torch.device, s: dict, paths: dict, tmp
 def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> dict:
     """ms per call of each piece of an iteration at batch s['batch'], timed in isolation with synchronisation."""
     from torch_utils.training_stats import StatsCollector
-    from training import fast_paths
     from training.config import resolve_config
     from training.consistency import ConsistencyLoss
+    from training.discriminator import Discriminator
     from training.loss import GANLoss
-    from training.networks import Discriminator, Generator
+    from training.networks import Generator
     from training.networks_config import discriminator_kwargs, generator_kwargs
     from training.rep import make_rep, rep_render
     from training.resolve import build_reconstructor, build_renderer
+    from training.run import fast_paths
 
     fast_paths.set_tf32(False)  # the plain numerics (a training run above may have turned TF32 on)
     config = resolve_config("paper256", dict(s["overrides"], batch=s["batch"], data=paths["data"], bfm=paths["bfm"],
@@ -314,7 +315,7 @@ def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> di
 
 def check_fr_paths(table: Table, device: torch.device, s: dict, ctx: dict, skip_compile: bool) -> None:
     """FR forward+backward under autocast and compiled: time and agreement of d/dx with the fp32 eager path."""
-    from training import fast_paths
+    from training.run import fast_paths
 
     fr_step, fr, it = ctx["fr_step"], ctx["fr"], s["phase_iters"]
     base_ms = seconds_per_call(lambda: fr_step("off"), device, it) * 1e3

@@ -107,7 +107,7 @@ def echo(opts: Options, message: str) -> None:
 def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
     """Load G_ema, then (for a conditional G) the p bank and the renderer; every problem is one UserError line."""
     from training.resolve import build_renderer, pick_device, resolve_assets
-    from training.snapshot import load_network
+    from training.run.snapshot import load_network
 
     if opts.data is not None and opts.p_bank is not None:
         raise UserError("pass either --data or --p-bank, not both")

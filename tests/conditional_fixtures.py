@@ -12,9 +12,9 @@ from deep3drecon.recon_net import ReconNet, save_recon_net
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model, write_synthetic_mat
 from tests.conftest import write_image_dataset
-from training import snapshot
 from training.config import TrainConfig
 from training.networks import Generator
+from training.run import snapshot
 
 R = 16
 

@@ -79,7 +79,7 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """Average .grad over ranks exactly (one flat all-reduce); returns how many gradient values are NaN.
 
     The count is a 0-d int64 tensor on the gradients' device (no host sync; equal on every rank, since NaN survives
-    the all-reduce), for the caller to stop the run on (training.nonfinite). NaN is left in place, never turned
+    the all-reduce), for the caller to stop the run on (training.run.nonfinite). NaN is left in place, never turned
     into zeros that would hide a diverged run. An infinite value is clipped to +-1e5 as in StyleGAN2 (an fp16
     overflow must not poison Adam's moments); finite values are untouched.
     """

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from training import fast_paths
 from training.rep import make_rep, rep_render
+from training.run import fast_paths
 
 
 def blend_alpha(cur_nimg: int, blend_kimg: float) -> float:

@@ -29,7 +29,7 @@ import torch
 
 from deep3drecon.coeffs import COEFF_SLICES
 from training.config import TrainConfig
-from training.grids import save_image_grid
+from training.run.grids import save_image_grid
 
 VARY_ATTRS: tuple[str, ...] = ("id", "exp", "illum", "angle")
 VARY_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # rows of each vary grid
@@ -50,7 +50,7 @@ def is_main_process() -> bool:
 
 def network_snapshots(run_dir: str) -> list[str]:
     """network-snapshot-*.pt in run_dir, oldest (fewest images) first."""
-    from training.snapshot import snapshot_nimg
+    from training.run.snapshot import snapshot_nimg
 
     return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pt")), key=snapshot_nimg)
 
@@ -75,7 +75,7 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     from training.dataset import ImageLabelDataset
     from training.rep import RepBank, make_rep
     from training.resolve import build_reconstructor, build_renderer, resolve_assets
-    from training.snapshot import load_network
+    from training.run.snapshot import load_network
 
     snapshots = network_snapshots(run_dir)
     if not snapshots:

@@ -16,19 +16,20 @@ import torch
 
 from torch_utils import distributed
 from torch_utils.training_stats import StatsCollector
-from training import fast_paths, snapshot
 from training.config import TrainConfig
 from training.consistency import ConsistencyLoss, blend_alpha
 from training.dataset import ImageLabelDataset, make_loader
-from training.grids import generate_grid, grid_size, save_image_grid
-from training.init_from import init_networks
+from training.discriminator import Discriminator
+from training.interop.init_from import init_networks
 from training.loss import GANLoss
-from training.networks import Discriminator, Generator
+from training.networks import Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
-from training.nonfinite import NonFiniteGuard
 from training.rep import RepBank
-from training.reporting import TickReporter
 from training.resolve import ResolvedAssets, build_reconstructor, build_renderer
+from training.run import fast_paths, snapshot
+from training.run.grids import generate_grid, grid_size, save_image_grid
+from training.run.nonfinite import NonFiniteGuard
+from training.run.reporting import TickReporter
 
 
 def _log(rank: int, msg: str) -> None:

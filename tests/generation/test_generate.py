@@ -22,7 +22,7 @@ from torch_utils.errors import UserError
 from training.networks import Generator
 from training.rep import make_rep
 from training.resolve import build_renderer
-from training.snapshot import load_network, save_network_snapshot
+from training.run.snapshot import load_network, save_network_snapshot
 
 RES = 64  # smallest resolution with all three fig. 7 scales (fine = 64..R)
 NUM_LABELS = 12

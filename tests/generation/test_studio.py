@@ -28,7 +28,7 @@ from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
 from training.networks import Generator, SynthesisLayer
 from training.resolve import build_reconstructor, build_renderer
-from training.snapshot import load_network, save_network_snapshot
+from training.run.snapshot import load_network, save_network_snapshot
 
 RES = 32
 NUM_LABELS = 10

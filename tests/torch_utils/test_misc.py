@@ -39,7 +39,7 @@ def test_training_grid_and_generate_cells_quantise_identically(tmp_path):
     import PIL.Image
 
     from generation.controlled import to_uint8
-    from training.grids import save_image_grid
+    from training.run.grids import save_image_grid
 
     img = torch.rand(1, 3, 8, 8) * 2 - 1
     save_image_grid(img, str(tmp_path / "g.png"), grid_w=1, min_cell=8)  # no upsampling

@@ -19,9 +19,9 @@ from click.testing import CliRunner
 
 from tests.conftest import run_training_loop, write_image_dataset
 from torch_utils import distributed
-from training import snapshot
 from training.config import TrainConfig
-from training.nonfinite import NonFiniteGuard, TrainingDiverged
+from training.run import snapshot
+from training.run.nonfinite import NonFiniteGuard, TrainingDiverged
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(cfg="test", z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16, num_fp16_res=0,
@@ -106,7 +106,7 @@ def test_nocond_trains_on_an_unlabelled_zip_with_forked_workers_and_real_stats_m
     np.testing.assert_allclose(cov, np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-8)
 
     # A second trainer on this run (while it is locked) gets one line naming the holder.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom training.run_dir import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom training.run.run_dir import RunLock\n"
                                "l = RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(120)", str(run)],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))  # fmt: skip
     try:
@@ -122,7 +122,7 @@ def test_nocond_trains_on_an_unlabelled_zip_with_forked_workers_and_real_stats_m
 
 
 def test_resume_truncates_stats_jsonl_to_the_resumed_tick(tmp_path):
-    from training.reporting import truncate_stats
+    from training.run.reporting import truncate_stats
 
     path = tmp_path / "stats.jsonl"
     rows = [{"Progress/tick": {"mean": t}, "Loss/G/loss": {"mean": 0.5}} for t in (0.0, 1.0, 2.0, 3.0)]
@@ -195,7 +195,7 @@ def test_resume_hides_the_interrupted_runs_later_tensorboard_ticks(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from torch_utils.training_stats import StatsCollector
-    from training.reporting import TickReporter
+    from training.run.reporting import TickReporter
 
     def ticks(resume_point, first_tick, nimgs, loss):
         stats = StatsCollector()

@@ -116,8 +116,8 @@ def test_conditioned_loop_trains_and_resumes_blending(tmp_path):
     from deep3drecon.recon_net import save_recon_net
     from deep3drecon.synthetic import write_synthetic_mat
     from tests.conftest import run_training_loop, write_image_dataset
-    from training import snapshot
     from training.config import TrainConfig
+    from training.run import snapshot
 
     data = str(tmp_path / "faces.zip")
     write_image_dataset(data, num=8, resolution=16)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from training import snapshot
+from training.run import snapshot
 
 
 def test_snapshot_metrics_hook_appends_jsonl_and_keeps_rng(conditional_snapshot, tmp_path, monkeypatch, renderer):

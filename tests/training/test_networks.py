@@ -1,4 +1,4 @@
-"""Tests for training/networks.py (StyleGAN2 G/D with the eq. 7 feature seam) and training/encoder.py (E)."""
+"""Tests for training/networks.py (G with the eq. 7 feature seam), training/discriminator.py and training/encoder.py."""
 
 from __future__ import annotations
 
@@ -11,14 +11,8 @@ import torch.nn.functional as F
 
 from torch_utils.errors import UserError
 from training.encoder import BottleneckBlock, RenderEncoder
-from training.networks import (
-    Discriminator,
-    Generator,
-    MappingNetwork,
-    MinibatchStdLayer,
-    SynthesisLayer,
-    SynthesisNetwork,
-)
+from training.discriminator import Discriminator, MinibatchStdLayer
+from training.networks import Generator, MappingNetwork, SynthesisLayer, SynthesisNetwork
 
 TINY_SYN = dict(channel_base=128, channel_max=8)
 TINY_ENC = dict(channel_base=64, channel_max=8, feat_channels=3)

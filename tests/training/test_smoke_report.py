@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from training.config import TrainConfig
-from training.grids import GRID_COLS, GRID_ROWS, MIN_CELL_PX, save_image_grid, upscale_factor
+from training.run.grids import GRID_COLS, GRID_ROWS, MIN_CELL_PX, save_image_grid, upscale_factor
 
 
 def test_grid_cells_are_nearest_upsampled_to_at_least_96_px(tmp_path) -> None:

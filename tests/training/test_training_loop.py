@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import run_training_loop, write_image_dataset
-from training import snapshot
 from training.config import TrainConfig
+from training.run import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(cfg="test", z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16, num_fp16_res=0,
@@ -84,7 +84,7 @@ GRAD_SCRIPT = """
 import sys, torch
 from torch_utils import distributed
 from training.loss import GANLoss
-from training.networks import Discriminator
+from training.discriminator import Discriminator
 from torch_utils.training_stats import StatsCollector
 
 def worker(rank, init_file, out_file):
@@ -114,8 +114,8 @@ def _run(args: list[str], cwd: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_two_process_gradient_average_equals_single_process(tmp_path):
     from torch_utils.training_stats import StatsCollector
+    from training.discriminator import Discriminator
     from training.loss import GANLoss
-    from training.networks import Discriminator
 
     script = tmp_path / "grad_worker.py"
     script.write_text(GRAD_SCRIPT)

@@ -1,6 +1,6 @@
 """Convert an NVIDIA StyleGAN2 network pickle into this project's network snapshot (read as data, never executed).
 
-    python -m training.convert_nvidia stylegan2-ffhq-256x256.pkl ffhq256.pt
+    python -m training.interop.convert_nvidia stylegan2-ffhq-256x256.pkl ffhq256.pt
 
 The output is a network snapshot (`torch.load(..., weights_only=True)`): G_ema (or G) + G_kwargs, usable by every
 `--network` flag; it also carries NVIDIA's G and D (with D_kwargs) when the pickle has them, so that
@@ -15,8 +15,8 @@ import os
 import click
 
 from torch_utils.errors import UserError
-from training.nvidia_pickle import NvidiaNetworks, read_nvidia_networks
-from training.snapshot import NETWORK_FORMAT, atomic_save
+from training.interop.nvidia_pickle import NvidiaNetworks, read_nvidia_networks
+from training.run.snapshot import NETWORK_FORMAT, atomic_save
 
 
 def snapshot_from_nvidia(nets: NvidiaNetworks) -> dict:

@@ -14,7 +14,7 @@ import math
 import torch
 
 from torch_utils.errors import UserError
-from training.snapshot import latest_training_state
+from training.run.snapshot import latest_training_state
 
 
 class TrainingDiverged(UserError):

@@ -17,7 +17,7 @@ import re
 import socket
 
 from torch_utils.errors import UserError, first_line
-from training.snapshot import TEMP_PREFIX
+from training.run.snapshot import TEMP_PREFIX
 
 LOCK_NAME = ".lock"
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import torch
 
 from torch_utils.errors import UserError
-from training import snapshot
 from training.networks import SynthesisLayer
+from training.run import snapshot
 
 NETWORKS = ("G", "D", "G_ema")
 
@@ -37,7 +37,7 @@ class InitSource:
 def read_init_source(path: str) -> InitSource:
     """Read G / D / G_ema weights from a .pkl, a network snapshot or a training state; UserError if it has no G."""
     if path.lower().endswith(".pkl"):
-        from training.nvidia_pickle import read_nvidia_networks
+        from training.interop.nvidia_pickle import read_nvidia_networks
 
         nets = read_nvidia_networks(path)
         kind = "NVIDIA StyleGAN2 pickle" + (f"; its D is not used: {nets.D_refused}" if nets.D_refused else "")

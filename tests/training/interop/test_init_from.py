@@ -13,16 +13,17 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import run_training_loop, write_image_dataset
-from tests.training.nvidia_fixtures import randomize, tiny_networks, write_nvidia_pickle
+from tests.training.interop.nvidia_fixtures import randomize, tiny_networks, write_nvidia_pickle
 from tests.training.test_training_loop import tiny_config
 from torch_utils.errors import UserError
 from train import main as train_main
-from training import snapshot
 from training.config import TrainConfig
-from training.grids import upscale_factor
-from training.init_from import init_networks
-from training.networks import Discriminator, Generator
+from training.discriminator import Discriminator
+from training.interop.init_from import init_networks
+from training.networks import Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
+from training.run import snapshot
+from training.run.grids import upscale_factor
 
 R = 16
 COND = dict(cfg="test", render_backend="torch", cond=True, z_dim=8, w_dim=16, channel_base=128, channel_max=16,

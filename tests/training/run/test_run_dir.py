@@ -13,12 +13,12 @@ import threading
 import pytest
 
 from torch_utils.errors import UserError
-from training.run_dir import RunLock, create_run_dir, lock_existing_run
+from training.run.run_dir import RunLock, create_run_dir, lock_existing_run
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 HOLDER = """
 import sys, time
-from training.run_dir import RunLock
+from training.run.run_dir import RunLock
 lock = RunLock(sys.argv[1])
 print("locked", flush=True)
 time.sleep(120)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.training.nvidia_fixtures import (
+from tests.training.interop.nvidia_fixtures import (
     RECONSTRUCT,
     EasyDict,
     Global,
@@ -24,10 +24,11 @@ from tests.training.nvidia_fixtures import (
     write_nvidia_pickle,
 )
 from torch_utils.errors import UserError
-from training import snapshot
-from training.convert_nvidia import main as convert_main
-from training.networks import Discriminator, Generator
-from training.nvidia_pickle import read_nvidia_networks
+from training.discriminator import Discriminator
+from training.interop.convert_nvidia import main as convert_main
+from training.interop.nvidia_pickle import read_nvidia_networks
+from training.networks import Generator
+from training.run import snapshot
 
 
 @pytest.fixture()
@@ -207,7 +208,7 @@ def _variant(tmp_path, marker, nets, name: str, **changes) -> str:
     """A pickle whose G_ema constructor kwargs differ from a supported StyleGAN2 by `changes`."""
     G, D, G_ema, G_kwargs, D_kwargs = nets
     path = str(tmp_path / f"{name}.pkl")
-    from tests.training import nvidia_fixtures
+    from tests.training.interop import nvidia_fixtures
 
     kwargs = nvidia_fixtures.nvidia_generator_kwargs(G_kwargs)
     for key, value in changes.items():

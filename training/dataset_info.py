@@ -8,12 +8,11 @@ from typing import Any
 import numpy as np
 
 from dataprep.builder import label_layout, to_jsonable
+from training.dataset import ImageLabelDataset
 
 
 def dataset_info(path: str | os.PathLike) -> dict[str, Any]:
     """Summary of a dataset zip/folder: image count, resolution, label dim, per-group label statistics."""
-    from training.dataset import ImageLabelDataset
-
     # Every image header and label is checked as training would; bad ones are listed here instead of stopping.
     ds = ImageLabelDataset(os.fspath(path), require_labels=False, skip_bad_images=True, progress=True)
     labels = ds.labels.astype(np.float64)

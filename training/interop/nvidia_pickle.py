@@ -434,10 +434,11 @@ def discriminator_from_record(record: PersistentRecord, what: str = "D") -> Conv
 
 def _check_layout(kind: str, kwargs: dict, state: dict[str, torch.Tensor], what: str, fp16: list[bool]) -> None:
     """Build the project network on the meta device and require identical key names, shapes and fp16 blocks."""
-    from training import networks
+    from training.discriminator import Discriminator
+    from training.networks import Generator
 
     with torch.device("meta"):
-        net = getattr(networks, kind)(**kwargs)
+        net = {"Generator": Generator, "Discriminator": Discriminator}[kind](**kwargs)
     expected = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))

@@ -15,7 +15,8 @@ import pickle
 import numpy as np
 import torch
 
-from training.networks import Discriminator, Generator
+from training.discriminator import Discriminator
+from training.networks import Generator
 
 
 class Global:

@@ -15,13 +15,14 @@ from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model
 from torch_utils.errors import UserError
 from torch_utils.training_stats import StatsCollector
-from training import fast_paths
 from training.config import TrainConfig, validate
 from training.consistency import ConsistencyLoss
+from training.discriminator import Discriminator
 from training.loss import GANLoss
-from training.networks import Discriminator, Generator
+from training.networks import Generator
 from training.rep import make_rep
-from training.reporting import TickReporter
+from training.run import fast_paths
+from training.run.reporting import TickReporter
 
 R = 16
 G_KWARGS = dict(z_dim=8, w_dim=16, img_resolution=R, mapping_kwargs=dict(num_layers=2),
@@ -266,7 +267,7 @@ def test_loader_wait_is_reported_per_tick(tmp_path, capsys):
 @pytest.mark.slow
 def test_loop_applies_g_reg_interval_and_fast_paths(tmp_path):
     from tests.conftest import run_training_loop, write_image_dataset
-    from training import snapshot
+    from training.run import snapshot
 
     data = str(tmp_path / "tiny.zip")
     write_image_dataset(data, num=8, resolution=8)

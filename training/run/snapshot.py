@@ -298,7 +298,7 @@ def load_network(path: str, device: torch.device | str = "cpu") -> torch.nn.Modu
     from training.networks import Generator
 
     if path.lower().endswith(".pkl"):  # NVIDIA pickle: read as data by a restricted unpickler, never executed
-        from training.nvidia_pickle import read_nvidia_generator
+        from training.interop.nvidia_pickle import read_nvidia_generator
 
         data = dict(zip(("G_kwargs", "G_ema"), read_nvidia_generator(path)))
     else:

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from torch_utils.errors import UserError
-from training import snapshot
-from training.networks import Discriminator, Generator
+from training.discriminator import Discriminator
+from training.networks import Generator
+from training.run import snapshot
 
 G_KWARGS = dict(z_dim=4, w_dim=8, img_resolution=8, mapping_kwargs=dict(num_layers=1),
                 synthesis_kwargs=dict(channel_base=64, channel_max=8, num_fp16_res=0))

@@ -1,0 +1,1 @@
+"""Run machinery: snapshots, run folders, status lines, non-finite guard, image grids, fast paths."""
