@@ -19,12 +19,14 @@ import tempfile
 import click
 import torch
 
+from metrics import context as metric_context
+from metrics.context import MetricContext
 from metrics.features import RandomFeatureExtractor, inception_factory, resolve_inception_weights
 from metrics.progress import ProgressPrinter
 from metrics.registry import (
-    MetricContext,
     calc_metric,
     check_metric_names,
+    check_metrics_apply,
     get_metric,
     plan_evaluation,
     report_metric,
@@ -64,14 +66,13 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
     G = load_network(opts.network, device="cpu")
     config = getattr(G, "snapshot_config", {}) or {}
     specs = [get_metric(name) for name in opts.metrics]
+    check_metrics_apply(opts.metrics, bool(G.needs), f"the network {opts.network}")
     needs_fr = any(spec.needs_reconstructor for spec in specs)
-    if needs_fr and not G.is_conditional:
-        raise UserError("ds*/cons* metrics need a 3DMM-conditioned network; this one is unconditional")
     resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, recon_ckpt=opts.recon_ckpt,
-                              need_face=G.is_conditional, need_fr=needs_fr, progress=opts.verbose,
+                              need_face=bool(G.needs), need_fr=needs_fr, progress=opts.verbose,
                               log=print if opts.verbose else None)  # fmt: skip
     opts.data, opts.bfm, opts.recon_ckpt = resolved.data, resolved.bfm, resolved.recon_ckpt
-    dataset = ImageLabelDataset(opts.data, require_labels=G.is_conditional, progress=opts.verbose)
+    dataset = ImageLabelDataset(opts.data, require_labels=bool(G.needs), progress=opts.verbose)
     if dataset.resolution != G.img_resolution:
         raise UserError(f"dataset is {dataset.resolution}px but the network generates {G.img_resolution}px")
     if any(spec.needs_real_images for spec in specs) and not opts.random_features:
@@ -85,14 +86,12 @@ def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> Metr
     from training.run.snapshot import load_network
 
     G = load_network(opts.network, device=device)
-    dataset = ImageLabelDataset(opts.data, require_labels=G.is_conditional, check_images=False)  # checked above
-    make_rep = reconstructor = None
+    dataset = ImageLabelDataset(opts.data, require_labels=bool(G.needs), check_images=False)  # checked above
+    renderer = reconstructor = None
     if opts.bfm is not None:
-        from training.rep import make_rep as render_rep
         from training.resolve import build_reconstructor, build_renderer
 
         renderer = build_renderer(opts.bfm, opts.render_backend, device)
-        make_rep = lambda p: render_rep(renderer, p, G.img_resolution)
         if opts.recon_ckpt is not None:
             backbone = (getattr(G, "snapshot_config", {}) or {}).get("recon_backbone")
             reconstructor = build_reconstructor(opts.recon_ckpt, device, backbone)
@@ -100,10 +99,10 @@ def build_context(opts: MetricsOptions, rank: int, device: torch.device) -> Metr
         factory = lambda dev: RandomFeatureExtractor(feature_dim=64, device=dev)
     else:
         factory = inception_factory(opts.inception, download=False)
-    return MetricContext(
-        G=G, dataset=dataset, p_bank=dataset.labels, reconstructor=reconstructor, make_rep=make_rep, device=device,
-        rank=rank, num_gpus=opts.gpus, batch_size=opts.batch, cache_dir=opts.cache_dir,
-        feature_extractor_factory=factory, num_workers=opts.workers, seed=opts.seed,
+    return metric_context.build_context(
+        G, dataset, device=device, renderer=renderer, reconstructor=reconstructor, rank=rank, num_gpus=opts.gpus,
+        batch_size=opts.batch, cache_dir=opts.cache_dir, feature_extractor_factory=factory, num_workers=opts.workers,
+        seed=opts.seed,
     )  # fmt: skip
 
 

@@ -164,8 +164,8 @@ def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | 
 
     dev = pick_device(device)
     G = load_network(network, dev)
-    if not G.is_conditional:
-        raise UserError("this snapshot is unconditional (--no-cond): it has no injected features")
+    if G.synthesis.encoder is None:
+        raise UserError(f"this snapshot's design ({G.cond_kind}) has no render encoder: it injects no features")
     resolved = resolve_assets(G.snapshot_config, data=data, bfm=bfm, log=click.echo)
     bank = torch.as_tensor(ImageLabelDataset(resolved.data).labels, device=dev)
     renderer = build_renderer(resolved.bfm, render_backend, dev)
@@ -255,7 +255,7 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
 
     studio_app.import_gradio()  # the one-line install hint before any network is loaded
     s = open_session(opts, "studio", needs_p=False)
-    fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.is_conditional else None
+    fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.needs else None
     inverter = None
     if fr is not None and invert_steps > 0:
         from generation.studio_state import inversion_inverter

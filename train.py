@@ -1,4 +1,4 @@
-"""Train a 3DMM-conditioned StyleGAN2 (the paper's method) or the unconditional baseline.
+"""Train a 3DMM-conditioned StyleGAN2 (the paper's method), or another design of training/designs.py.
 
 Examples:
   python train.py --cfg smoke --outdir runs                       # CPU, built-in synthetic world, minutes
@@ -23,6 +23,7 @@ from torch_utils import distributed
 from torch_utils.errors import Command, UserError
 from torch_utils.misc import pick_device
 from training.config import TrainConfig, resolve_config, validate
+from training.designs import DESIGNS
 from training.resolve import resolve_run
 from training.run import snapshot
 from training.run.run_dir import RunLock, create_run_dir, lock_existing_run, next_run_number
@@ -68,7 +69,7 @@ def prepare_assets(config: TrainConfig, dry_run: bool = False) -> str:
             print(f"  ... and {len(dataset.skipped) - 20} more")
     if dry_run:
         return resolved.data
-    if config.cond:
+    if config.design_spec.conditional:
         from deep3drecon.face_model import FaceModel
         from deep3drecon.recon_net import load_recon_net
 
@@ -79,6 +80,7 @@ def prepare_assets(config: TrainConfig, dry_run: bool = False) -> str:
 
 def run_worker(rank: int, config: TrainConfig, run_dir: str, resume_state: str | None, init_method: str | None) -> None:
     """Entry point of one training process (rank); all ranks run the same loop."""
+    from metrics.snapshot_hook import snapshot_hook
     from training.training_loop import training_loop
 
     world_size = config.gpus
@@ -95,8 +97,9 @@ def run_worker(rank: int, config: TrainConfig, run_dir: str, resume_state: str |
         sys.stdout = open(os.devnull, "w")  # only rank 0 talks; errors still reach stderr
     try:
         dataset, assets = resolve_run(config)  # rank 0 built any missing built-in asset before the launch
+        hook = snapshot_hook(config, dataset, assets.recon_ckpt, run_dir, device, rank, world_size)  # --metrics
         training_loop(config, run_dir, device, dataset, assets, rank=rank, world_size=world_size,
-                      resume_state=resume_state)
+                      resume_state=resume_state, snapshot_hook=hook)
     finally:
         distributed.shutdown()
 
@@ -155,7 +158,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
             read_init_source(config.init_from)
         data_name = os.path.splitext(os.path.basename(data_path.rstrip("/")))[0]
         parts = [config.cfg, data_name, f"gpus{config.gpus}", f"batch{config.batch}", f"gamma{config.gamma:g}"]
-        parts += ["nocond"] if not config.cond else []
+        parts += [config.design] if config.design != "method" else []
         parts += [desc] if desc else []
         # The number is only planned here; claim_run_dir takes the next free one atomically.
         run_dir = os.path.join(outdir, f"{next_run_number(outdir):05d}-{'-'.join(parts)}")
@@ -163,10 +166,10 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     if not distributed.launched_by_torchrun() and config.device != "cpu" and torch.cuda.is_available():
         if config.gpus > torch.cuda.device_count():
             raise UserError(f"--gpus {config.gpus} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if config.metrics:
-        from metrics.registry import check_metric_names, get_metric
+    if config.metrics:  # refused now, not at the first snapshot: unknown names, or metrics the design cannot compute
+        from metrics.registry import check_metrics_apply, get_metric
 
-        check_metric_names(config.metrics)
+        check_metrics_apply(config.metrics, config.design_spec.conditional, f"design {config.design}")
         if any(get_metric(m).needs_real_images for m in config.metrics) and not dry_run:
             from metrics.features import resolve_inception_weights
 
@@ -191,7 +194,10 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
 @click.option("--glr", help="G learning rate [preset]", type=click.FloatRange(min=0))
 @click.option("--dlr", help="D learning rate [preset]", type=click.FloatRange(min=0))
 @click.option("--mbstd-group", "mbstd_group", help="Minibatch-stddev group size [preset]", type=click.IntRange(min=1))
-@click.option("--cond/--no-cond", default=None, help="3DMM-conditioned method / unconditional baseline [preset]")
+@click.option("--design", type=click.Choice(list(DESIGNS)),
+              help="How p enters G and which loss terms train it: " + "; ".join(
+                  f"{d.name} = {d.summary}" for d in DESIGNS.values()) + " [preset: method]")
+@click.option("--cond/--no-cond", default=None, help="Aliases of --design method / --design uncond")
 @click.option("--lambda-cons", "lambda_cons", help="Consistency loss weight (eq. 13) [preset]", type=float)
 @click.option("--blend-kimg", "blend_kimg", help="Progressive blending length in kimg (eq. 6) [preset]", type=float)
 @click.option("--bfm", help="BFM_model_front.mat (default for smoke: the built-in synthetic face model)", type=str)
@@ -207,7 +213,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
 @click.option("--device", help="auto | cuda | cpu", type=click.Choice(["auto", "cuda", "cpu"]))
 @click.option("--dry-run", "-n", is_flag=True, help="Print the resolved options and exit")
 def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
-    """Train the 3DMM-conditioned generator (or the --no-cond baseline) from a preset plus overrides."""
+    """Train the 3DMM-conditioned generator (or another --design) from a preset plus overrides."""
     torchrun = distributed.launched_by_torchrun()
     if torchrun:
         # Under torchrun every rank runs this script: rank 0 alone resolves, builds assets and picks the run
@@ -243,7 +249,7 @@ def main(cfg: str, resume: str | None, dry_run: bool, **flags) -> None:
     distributed.barrier()
     try:
         launch(config, run_dir, resume_state)
-        from training import smoke_report
+        from experiments import smoke_report
 
         if smoke_report.applies(config) and smoke_report.is_main_process():  # the built-in world's evidence
             smoke_report.write_run_report(config, run_dir, pick_device(config.device))

@@ -35,7 +35,7 @@ def main() -> None:
                             device=args.device, data=None, p_bank=None, bfm=None, render_backend=None,
                             show_rep=False, save_images=False, verbose=False)  # fmt: skip
     s = generate.open_session(opts, "studio", needs_p=False)
-    fr = studio_app.fr_factory(s.config, None, s.device, progress=False) if s.G.is_conditional else None
+    fr = studio_app.fr_factory(s.config, None, s.device, progress=False) if s.G.needs else None
     studio = st.Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr)
     face = studio.face_from_bank("seed", 0) if studio.conditional else st.Face(None, "unconditional")
     shown = st.controls_from_p(face.p) if studio.conditional else None

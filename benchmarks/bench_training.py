@@ -69,7 +69,7 @@ def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolut
         data = os.path.join(tmp, "data.zip")
         _random_dataset(data, res, num=max(c.batch * 2, 64))
         c.data, c.metrics = data, []
-        if c.cond:
+        if c.design_spec.conditional:
             c.bfm = bfm or str(assets.synthetic_face_model_path())
             if recon_ckpt is None and c.builtin_data is not None:
                 recon_ckpt = str(builtin_recon_path())  # the FR this preset really trains with
@@ -85,7 +85,7 @@ def main(cfg: str, iters: int, batch: int | None, batch_gpu: int | None, resolut
         os.makedirs(run_dir)
         training_loop(c, run_dir, device, *resolve_run(c))
         ticks = [json.loads(line) for line in open(os.path.join(run_dir, "stats.jsonl"))][1:]  # drop warm-up
-    name = f"{c.cfg} {'cond' if c.cond else 'no-cond'} R{res} batch {c.batch} ({device.type})"
+    name = f"{c.cfg} {c.design} R{res} batch {c.batch} ({device.type})"
     sec_per_kimg = sorted(t["Timing/sec_per_kimg"]["mean"] for t in ticks)[len(ticks) // 2]
     mem = max(t["Resources/peak_gpu_mem_gb"]["mean"] for t in ticks)
     cpumem = max(t["Resources/cpu_mem_gb"]["mean"] for t in ticks)

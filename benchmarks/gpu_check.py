@@ -33,11 +33,11 @@ QUICK = dict(res=16, mesh_grid=17, render_batches=(2, 4), render_iters=1, batch=
              overrides=dict(z_dim=8, w_dim=16, channel_base=128, channel_max=16, num_fp16_res=2, mbstd_group=2,
                             enc_channel_base=64, enc_channel_max=8, enc_feat_channels=2, workers=0))  # fmt: skip
 TRAIN_RUNS = (  # (row label, overrides): the plain baseline, the method, the method with the fast paths
-    ("--no-cond", dict(cond=False)),
-    ("--cond", dict(cond=True)),
-    ("--cond + fast paths (channels_last, fused Adam, bf16 FR)",
-     dict(cond=True, channels_last=True, adam_impl="fused", fr_autocast="bf16")),
-    ("--cond + fast paths + TF32", dict(cond=True, channels_last=True, adam_impl="fused", fr_autocast="bf16",
+    ("uncond", dict(design="uncond")),
+    ("method", dict(design="method")),
+    ("method + fast paths (channels_last, fused Adam, bf16 FR)",
+     dict(design="method", channels_last=True, adam_impl="fused", fr_autocast="bf16")),
+    ("method + fast paths + TF32", dict(design="method", channels_last=True, adam_impl="fused", fr_autocast="bf16",
                                         allow_tf32=True)),
 )  # fmt: skip
 
@@ -226,15 +226,16 @@ def check_training(table: Table, device: torch.device, s: dict, paths: dict, tmp
         table.add("training", f"paper256 {label} sec/kimg", f"{r['sec_per_kimg']:.2f}",
                   f"{1000 / r['sec_per_kimg']:.1f} images/s, peak {mem}, loader wait {100 * r['wait_frac']:.0f}%, "
                   f"batch {s['batch']} R {s['res']}")  # fmt: skip
-    base = results["--no-cond"]["sec_per_kimg"]
+    base = results["uncond"]["sec_per_kimg"]
     for label, _ in TRAIN_RUNS[1:]:
-        table.add("training", f"speed tax {label} / --no-cond", f"{results[label]['sec_per_kimg'] / base:.2f}x",
+        table.add("training", f"speed tax {label} / uncond", f"{results[label]['sec_per_kimg'] / base:.2f}x",
                   "target <= 1.15x on one H100/H200")  # fmt: skip
 
 
 def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> dict:
     """ms per call of each piece of an iteration at batch s['batch'], timed in isolation with synchronisation."""
     from torch_utils.training_stats import StatsCollector
+    from training.condition import Condition
     from training.config import resolve_config
     from training.consistency import ConsistencyLoss
     from training.discriminator import Discriminator
@@ -263,9 +264,9 @@ def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> di
     z = torch.randn(n, config.z_dim, device=device)
     real = torch.rand(n, 3, R, R, device=device) * 2 - 1
     with torch.no_grad():
-        rep = make_rep(renderer, p, R)
-        fake = G(z, rep)
-    feats = [f.detach() for f in G.features(rep)]
+        cond = Condition(p, make_rep(renderer, p, R))  # rep(p) rendered once: the phases below time G, not rendering
+        rep = cond.rep
+        fake = G(z, cond)
 
     def fr_step(mode: str, module: torch.nn.Module = fr) -> torch.Tensor:
         x = (0.7 * fake + 0.3 * rep_render(rep)).requires_grad_(True)
@@ -280,7 +281,7 @@ def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> di
 
     def r1() -> None:
         D.requires_grad_(True)
-        loss.accumulate_gradients("Dreg", real, None, None, 1.0, 16)
+        loss.accumulate_gradients("Dreg", real, None, None, 16, 0)
 
     def optimizers() -> None:
         opt_G.step()
@@ -295,8 +296,9 @@ def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> di
     D.requires_grad_(True)
     phases = [  # (name, fn, uses per iteration)
         ("render rep(p) (no grad)", lambda: make_rep(renderer, p, R).sum().item(), "2 (Gmain, Dmain)"),
-        ("E forward+backward", lambda: sum(f.sum() for f in G.features(rep)).backward(), "1 (+1 fwd in Dmain)"),
-        ("G mapping+synthesis forward+backward", lambda: G.synthesis(G.mapping(z), feats).square().mean().backward(),
+        ("E forward+backward", lambda: sum(f.sum() for f in G.synthesis.injected_features(cond)).backward(),
+         "1 (+1 fwd in Dmain)"),
+        ("G(z, cond) forward+backward (E included)", lambda: G(z, cond).square().mean().backward(),
          "1 (+1 fwd in Dmain)"),
         ("D forward+backward", lambda: D(fake).sum().backward(), "3 (fake, fake, real)"),
         ("FR forward+backward (fp32)", lambda: fr_step("off"), "1"),
@@ -342,20 +344,16 @@ def check_fr_paths(table: Table, device: torch.device, s: dict, ctx: dict, skip_
 
 def check_metrics(table: Table, device: torch.device, s: dict, ctx: dict, paths: dict, tmp: str) -> None:
     """fid images/s (G_ema + random-weight Inception) and ds sets/s (G_ema + FR), at the training batch."""
-    import functools
-
-    from metrics.context import MetricContext
+    from metrics.context import build_context
     from metrics.disentanglement import accumulate_ds_spreads
     from metrics.ds_variants import DS_VARIANTS
     from metrics.feature_stats import compute_generator_stats
     from metrics.features import InceptionV3Features
     from training.dataset import ImageLabelDataset
-    from training.rep import make_rep
 
     dataset = ImageLabelDataset(paths["data"])
     extractor = InceptionV3Features(random_inception_path(tmp), device=device)
-    mctx = MetricContext(G=ctx["G"], dataset=dataset, p_bank=dataset.labels, reconstructor=ctx["fr"],
-                         make_rep=functools.partial(make_rep, ctx["renderer"], size=s["res"]), device=device,
+    mctx = build_context(ctx["G"], dataset, device=device, renderer=ctx["renderer"], reconstructor=ctx["fr"],
                          batch_size=s["batch"], num_workers=0)  # fmt: skip
     compute_generator_stats(mctx, extractor, min(s["fid_images"], s["batch"]))  # warm-up
     mctx.memo.clear()  # the metrics memoise generated features per (count, seed): time a fresh pass

@@ -1,7 +1,7 @@
 """Controlled generation with a trained G: the sampling and editing behind generate.py (paper figs. 3, 4, 6, 7, 8).
 
-Every grid is built from cells, each cell one (w+, p, noise seed) triple run through
-    img = G.synthesis(ws, feats=G.features(rep(p)))            (eq. 7; rep(p) of eq. 3)
+Every grid is built from cells, each cell one (w+, p, noise seed) triple run through the generator's own seam
+    ws = G.mapping(z, cond(p)),  img = G.synthesis(ws, cond(p))      (cond: p and rep(p), training.condition)
 so a mode is just a rule for filling the cells:
   images       cell k: z and p from seed k                                        (plain samples)
   vary         row: one base p with one attribute group taken from bank donors    (fig. 3)
@@ -29,6 +29,7 @@ import tqdm
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from torch_utils.errors import UserError
 from torch_utils.misc import quantize_uint8
+from training.condition import Condition
 from training.dataset import IMAGE_EXTENSIONS
 from training.rep import make_rep, rep_render
 
@@ -248,16 +249,27 @@ class Sampler:
                  progress: bool = True) -> None:  # fmt: skip
         if noise_mode not in ("const", "random", "none"):
             raise UserError(f"noise mode must be const, random or none, not {noise_mode!r}")
-        if G.is_conditional and renderer is None:
+        if G.needs and renderer is None:
             raise UserError("a 3DMM-conditional generator needs a renderer for rep(p)")
         self.G, self.renderer, self.device = G, renderer, device
         self.psi, self.noise_mode, self.batch, self.progress = truncation_psi, noise_mode, max(int(batch), 1), progress
 
+    def condition(self, p: torch.Tensor | None) -> Condition | None:
+        """The Condition of cells p [N, 257] on the device (rep(p) rendered when first read); None without p."""
+        if p is None:
+            return None
+        size = self.G.img_resolution
+        return Condition(p.to(self.device), render=lambda coeffs: make_rep(self.renderer, coeffs, size))
+
     @torch.no_grad()
-    def mapping(self, seeds: Sequence[int]) -> torch.Tensor:
-        """w+ [N, num_ws, w_dim] on device for z of seeds, truncated toward w_avg by psi."""
+    def mapping(self, seeds: Sequence[int], p: torch.Tensor | None = None) -> torch.Tensor:
+        """w+ [N, num_ws, w_dim] on device for z of seeds (and cell conditions p [N, 257]), truncated by psi."""
+        if self.G.needs and p is None:
+            raise UserError("this generator is 3DMM-conditional: every cell needs a p")
         z = seed_z(seeds, self.G.z_dim).to(self.device)
-        return torch.cat([self.G.mapping(z[i : i + self.batch], self.psi) for i in range(0, len(z), self.batch)])
+        cond = self.condition(p)
+        return torch.cat([self.G.mapping(z[i : i + self.batch], None if cond is None else cond[i : i + self.batch],
+                                         self.psi) for i in range(0, len(z), self.batch)])  # fmt: skip
 
     @torch.no_grad()
     def render(self, p: torch.Tensor) -> torch.Tensor:
@@ -270,34 +282,33 @@ class Sampler:
     def synthesize(self, ws: torch.Tensor, p: torch.Tensor | None, noise_seeds: Sequence[int],
                    desc: str = "generating") -> Tiles:  # fmt: skip
         """Cells ws [K, num_ws, w_dim] + p [K, 257] (None if unconditional) -> Tiles on the CPU."""
-        if self.G.is_conditional and p is None:
+        if self.G.needs and p is None:
             raise UserError("this generator is 3DMM-conditional: every cell needs a p")
         images, renders = [], []
         starts = range(0, len(ws), self.batch)
         for i in tqdm.tqdm(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
             ws_b = ws[i : i + self.batch].to(self.device)
-            rep = self.render(p[i : i + self.batch]) if self.G.is_conditional else None
-            feats = self.G.features(rep) if rep is not None else None
+            cond = self.condition(None if p is None else p[i : i + self.batch])
             if self.noise_mode == "random":
                 # Per-cell seeded noise: torch.randn inside the layers would otherwise tie a cell to its batch.
-                imgs = [self._one_random(ws_b[j : j + 1], None if feats is None else [f[j : j + 1] for f in feats],
-                                         noise_seeds[i + j]) for j in range(len(ws_b))]  # fmt: skip
+                imgs = [self._one_random(ws_b[j : j + 1], None if cond is None else cond[j : j + 1], noise_seeds[i + j])
+                        for j in range(len(ws_b))]  # fmt: skip
                 images.append(torch.cat(imgs).cpu())
             else:
-                images.append(self.G.synthesis(ws_b, feats, noise_mode=self.noise_mode).float().cpu())
-            if rep is not None:
-                renders.append(rep_render(rep).cpu())
+                images.append(self.G.synthesis(ws_b, cond, noise_mode=self.noise_mode).float().cpu())
+            if cond is not None and self.renderer is not None:  # r(p) shown beside / above G's image
+                renders.append(rep_render(cond.rep).cpu())
         return Tiles(torch.cat(images), torch.cat(renders) if renders else None)
 
-    def _one_random(self, ws: torch.Tensor, feats: list[torch.Tensor] | None, seed: int) -> torch.Tensor:
+    def _one_random(self, ws: torch.Tensor, cond: Condition | None, seed: int) -> torch.Tensor:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # leave the caller's RNG stream untouched
             torch.manual_seed(seed)
-            return self.G.synthesis(ws, feats, noise_mode="random").float()
+            return self.G.synthesis(ws, cond, noise_mode="random").float()
 
     def generate(self, seeds: Sequence[int], p: torch.Tensor | None, desc: str = "generating") -> Tiles:
-        """G(z(seeds[k]), rep(p[k])) for each k: Tiles of N images."""
-        return self.synthesize(self.mapping(seeds), p, seeds, desc)
+        """G(z(seeds[k]), cond(p[k])) for each k: Tiles of N images."""
+        return self.synthesize(self.mapping(seeds, p), p, seeds, desc)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -305,8 +316,8 @@ class Sampler:
 
 
 def _check_bank(G: torch.nn.Module, bank: torch.Tensor | None, mode: str) -> None:
-    if not G.is_conditional:
-        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but this snapshot is unconditional (--no-cond); "
+    if not G.needs:
+        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but this snapshot is unconditional (uncond); "
                         "use 'images' or 'style-mix'")  # fmt: skip
     if bank is None:
         raise UserError(f"'{mode}' needs a p bank (a dataset's labels or a .npy [M, 257])")
@@ -314,9 +325,9 @@ def _check_bank(G: torch.nn.Module, bank: torch.Tensor | None, mode: str) -> Non
 
 def images_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor | None, cols: int) -> GridResult:
     """Plain samples: cell k = G(z(seeds[k]), rep(p(seeds[k]))) laid out `cols` wide (last row may be short)."""
-    if s.G.is_conditional and bank is None:
+    if s.G.needs and bank is None:
         raise UserError("this snapshot is 3DMM-conditional: images need a p bank")
-    p = bank_p(bank, seeds) if s.G.is_conditional else None
+    p = bank_p(bank, seeds) if s.G.needs else None
     cols = max(1, min(cols, len(seeds)))
     tiles = s.generate(seeds, p)
     return GridResult(math.ceil(len(seeds) / cols), cols, tiles, [f"seed{x:04d}" for x in seeds], p)
@@ -337,7 +348,7 @@ def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, 
     else:
         donors = bank[donor_indices(seed, len(bank), count, exclude=base)]
     p = torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
-    tiles = s.synthesize(s.mapping([seed]).repeat(len(p), 1, 1), p, [seed] * len(p), desc=f"vary {attr}")
+    tiles = s.synthesize(s.mapping([seed] * len(p), p), p, [seed] * len(p), desc=f"vary {attr}")
     return GridResult(1, len(p), tiles, [f"seed{seed:04d}-col{c:02d}" for c in range(len(p))], p)
 
 
@@ -345,7 +356,7 @@ def resample_z_grid(s: Sampler, seeds: Sequence[int], z_seeds: Sequence[int], ba
     """Fig. 4: row r keeps p(seeds[r]); column c uses z(z_seeds[c])."""
     _check_bank(s.G, bank, "resample-z")
     p = bank_p(bank, seeds).repeat_interleave(len(z_seeds), dim=0)
-    ws = s.mapping(z_seeds).repeat(len(seeds), 1, 1)
+    ws = s.mapping(list(z_seeds) * len(seeds), p)
     tiles = s.synthesize(ws, p, list(z_seeds) * len(seeds), desc="resample z")
     names = [f"seed{r:04d}-z{c:04d}" for r in seeds for c in z_seeds]
     return GridResult(len(seeds), len(z_seeds), tiles, names, p)
@@ -355,7 +366,7 @@ def resample_p_grid(s: Sampler, seeds: Sequence[int], p_seeds: Sequence[int], ba
     """Fig. 8: row r keeps z(seeds[r]); column c uses p(p_seeds[c])."""
     _check_bank(s.G, bank, "resample-p")
     p = bank_p(bank, p_seeds).repeat(len(seeds), 1)
-    ws = s.mapping(seeds).repeat_interleave(len(p_seeds), dim=0)
+    ws = s.mapping([r for r in seeds for _ in p_seeds], p)
     noise_seeds = [r for r in seeds for _ in p_seeds]
     tiles = s.synthesize(ws, p, noise_seeds, desc="resample p")
     names = [f"seed{r:04d}-p{c:04d}" for r in seeds for c in p_seeds]
@@ -380,7 +391,7 @@ def reference_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor, ref_ima
     base = bank_p(bank, seeds)
     p = mix_groups(base, ref_p.to(base.dtype), REFERENCE_GROUPS).reshape(-1, NUM_COEFFS)
     row_headers = s.generate(seeds, base, desc="identities")
-    ws = s.mapping(seeds).repeat_interleave(len(ref_p), dim=0)
+    ws = s.mapping([r for r in seeds for _ in ref_p], p)
     noise_seeds = [r for r in seeds for _ in ref_p]
     tiles = s.synthesize(ws, p, noise_seeds, desc="reference")
     col_headers = Tiles(ref_images.float().cpu(), rep_render(s.render(ref_p)).cpu())
@@ -394,19 +405,19 @@ def style_mix_grid(s: Sampler, row_seeds: Sequence[int], col_seeds: Sequence[int
 
     Each source's p comes from its own seed, or all from p_seed (fig. 7 uses one p for every image).
     """
-    if s.G.is_conditional and bank is None:
+    if s.G.needs and bank is None:
         raise UserError("this snapshot is 3DMM-conditional: style mixing needs a p bank")
     bad = [k for k in layers if not 0 <= k < s.G.num_ws]
     if not layers or bad:
         raise UserError(f"style-mixing layers must be a non-empty subset of 0-{s.G.num_ws - 1}, got {list(layers)}")
 
     def p_of(seeds: Sequence[int]) -> torch.Tensor | None:
-        if not s.G.is_conditional:
+        if not s.G.needs:
             return None
         return bank_p(bank, seeds if p_seed is None else [p_seed] * len(seeds))
 
-    row_ws, col_ws = s.mapping(row_seeds), s.mapping(col_seeds)
     row_p, col_p = p_of(row_seeds), p_of(col_seeds)
+    row_ws, col_ws = s.mapping(row_seeds, row_p), s.mapping(col_seeds, col_p)
     row_headers = s.synthesize(row_ws, row_p, row_seeds, desc="source A")
     col_headers = s.synthesize(col_ws, col_p, col_seeds, desc="source B")
     ws = row_ws.repeat_interleave(len(col_seeds), dim=0)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from deep3drecon.coeffs import COEFF_SLICES
 from torch_utils.misc import quantize_uint8
+from training.condition import Condition
 from training.rep import make_rep
 
 # The coefficients each fig. 2 column perturbs: identity shape, expression, SH light, pose angles.
@@ -27,14 +28,15 @@ def feature_derivative_maps(G: torch.nn.Module, renderer: torch.nn.Module, p: to
     R = G.img_resolution
     gen = torch.Generator().manual_seed(seed)
     base = p[None].float()
-    feats0 = G.features(make_rep(renderer, base, R))
+    injected = lambda p_: G.synthesis.injected_features(Condition(p_, make_rep(renderer, p_, R)))  # E(rep(p))
+    feats0 = injected(base)
     maps = {}
     for attr, sl in ATTRIBUTE_SLICES.items():
         u = torch.randn(sl.stop - sl.start, generator=gen).to(p.device)
         u = u / u.norm()
         p1 = base.clone()
         p1[0, sl] += eps * bank_std[sl] * u * (sl.stop - sl.start) ** 0.5  # ~eps sigma per coefficient
-        feats1 = G.features(make_rep(renderer, p1, R))
+        feats1 = injected(p1)
         maps[attr] = [(f1 - f0).abs().mean(dim=1)[0] / eps for f0, f1 in zip(feats0, feats1)]
     return maps
 

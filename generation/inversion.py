@@ -1,7 +1,7 @@
 """Inverting a real photo into the generator: find (p, w, noise) with G(rep(p), w) ~ the aligned photo.
 
     photo --detect/align at R--> target x [3, R, R] --FR--> p0 [257]
-    minimise  L(G.synthesis(w, E(rep(p)), noise), x) + noise_reg * R(noise)  over w (W or W+), the noise maps,
+    minimise  L(G.synthesis(w, cond(p), noise), x) + noise_reg * R(noise)  over w (W or W+), the noise maps,
               and optionally p (starting at p0, kept near it by a quadratic prior)
 The 3DMM coefficients are not optimised by default: p from FR is what makes the result editable by group (the
 paper's claim is that G follows rep(p) exactly, so the image's pose, expression and light live in p, not in w).
@@ -33,6 +33,7 @@ from torch.func import functional_call
 from deep3drecon.coeffs import NUM_COEFFS
 from generation.controlled import to_uint8
 from torch_utils.errors import UserError
+from training.condition import Condition
 from training.rep import make_rep
 
 LATENT_FORMAT = 1
@@ -128,19 +129,26 @@ def noise_buffers(G: torch.nn.Module) -> dict[str, torch.Tensor]:
             and float(strengths[name.replace("noise_const", "noise_strength")].detach()) != 0}  # fmt: skip
 
 
-def synthesize(G: torch.nn.Module, ws: torch.Tensor, feats: list[torch.Tensor] | None,
+def synthesize(G: torch.nn.Module, ws: torch.Tensor, cond: Condition | None,
                noise: dict[str, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
-    """G.synthesis(ws [N, num_ws, w_dim], feats) with the const noise maps replaced by `noise` -> [N, 3, R, R]."""
+    """G.synthesis(ws [N, num_ws, w_dim], cond) with the const noise maps replaced by `noise` -> [N, 3, R, R]."""
     if not noise:
-        return G.synthesis(ws, feats, noise_mode="const")
+        return G.synthesis(ws, cond, noise_mode="const")
     # functional_call swaps the buffers for this call only: G's own noise maps are never modified.
-    return functional_call(G.synthesis, noise, (ws, feats), {"noise_mode": "const"}, strict=False)
+    return functional_call(G.synthesis, noise, (ws, cond), {"noise_mode": "const"}, strict=False)
 
 
-def _w_statistics(G: torch.nn.Module, device: torch.device, samples: int = 2000) -> tuple[torch.Tensor, float]:
-    """Mean w [w_dim] of `samples` fixed z, and the RMS distance of w from it (StyleGAN2 projector's start)."""
+def photo_condition(p: torch.Tensor, renderer: torch.nn.Module, size: int) -> Condition:
+    """The Condition of p [N, 257] for G, rep(p) rendered at size on first use (differentiable when p is)."""
+    return Condition(p, render=lambda coeffs: make_rep(renderer, coeffs, size))
+
+
+def _w_statistics(G: torch.nn.Module, cond: Condition, samples: int = 2000) -> tuple[torch.Tensor, float]:
+    """Mean w [w_dim] of `samples` fixed z given cond (one row), and the RMS distance of w from it (StyleGAN2
+    projector's start)."""
+    device = cond.p.device
     z = torch.from_numpy(np.random.RandomState(123).randn(samples, G.z_dim).astype(np.float32)).to(device)
-    w = G.mapping(z)[:, 0]
+    w = G.mapping(z, Condition(cond.p.expand(samples, -1)))[:, 0]
     mean = w.mean(dim=0)
     return mean, float(((w - mean) ** 2).sum(dim=1).mean().sqrt())
 
@@ -258,8 +266,8 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
     """
     options = options or InversionOptions()
     options.check()
-    if not G.is_conditional:
-        raise UserError("inversion edits 3DMM coefficients p, but this snapshot is unconditional (--no-cond)")
+    if not G.needs:
+        raise UserError("inversion edits 3DMM coefficients p, but this snapshot is unconditional (--design uncond)")
     res = G.img_resolution
     if tuple(target.shape) != (3, res, res):
         raise UserError(f"the target must be an aligned [3, {res}, {res}] image, got {list(target.shape)}")
@@ -272,8 +280,9 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
         p_fr = (fr(x).float()[0] if fr is not None else p_init.to(device).float())
         p0 = p_init.to(device).float() if p_init is not None else p_fr
         target_feats = [f.detach() for f in loss.features(x)] if loss.feature_weight > 0 else []
-        w_mean, w_spread = _w_statistics(G, device)
-        feats = G.features(make_rep(renderer, p0[None], res))
+        cond = photo_condition(p0[None], renderer, res)
+        w_mean, w_spread = _w_statistics(G, cond)
+        cond.rep  # noqa: B018 - rendered once here, without gradient, and reused by every step below
     gen = torch.Generator(device="cpu").manual_seed(options.seed)
     w = w_mean[None, None].repeat(1, G.num_ws if options.w_plus else 1, 1).clone().requires_grad_(True)
     p = p0[None].clone().requires_grad_(options.refine_p)
@@ -294,8 +303,8 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
         jitter = w_spread * options.init_noise * max(0.0, 1 - step / (0.75 * options.steps)) ** 2
         ws = (w + torch.randn(w.shape, generator=gen).to(device) * jitter).expand(1, G.num_ws, -1)
         if options.refine_p:
-            feats = G.features(make_rep(renderer, p, res))
-        img = synthesize(G, ws, feats, noise).float()
+            cond = photo_condition(p, renderer, res)  # rep(p) differentiable w.r.t. p
+        img = synthesize(G, ws, cond, noise).float()
         total = loss(img, x, target_feats)
         if options.optimize_noise and noise:
             total = total + options.noise_reg * _noise_penalty(list(noise.values()))
@@ -312,9 +321,8 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
     with torch.no_grad():  # the final, noise-free w (the jitter has decayed to 0 by now)
         ws = w.detach().expand(1, G.num_ws, -1)
         p_out = p.detach()
-        feats = G.features(make_rep(renderer, p_out, res))
         noise_out = {k: v.detach() for k, v in noise.items()}
-        projected = synthesize(G, ws, feats, noise_out).float()[0].cpu()
+        projected = synthesize(G, ws, photo_condition(p_out, renderer, res), noise_out).float()[0].cpu()
     return InversionResult(target=target.cpu().float(), projected=projected, p=p_out[0].cpu(), p_fr=p_fr.cpu(),
                            ws=ws[0].cpu(), noise={k: v.cpu() for k, v in noise_out.items()},
                            psnr=psnr(target, projected), w_plus=options.w_plus, losses=losses)  # fmt: skip

@@ -5,7 +5,7 @@ Given a latent (p, w, noise) from `generation.inversion`, each edit is p with ex
     illum   p[gamma] (27 SH): a directional light (x right, y up, z toward the viewer) over the photo's ambient
     exp     p[exp]: another photo's expression (--from-image), bank rows (seeds), or the photo's scaled
     id      p[id], p[tex]: another photo's shape + albedo (--from-image), bank rows (seeds), or scaled
-and the image is G.synthesis(w, E(rep(p_edit)), noise). `edited_coefficients` checks that nothing outside the
+and the image is G.synthesis(w, cond(p_edit), noise). `edited_coefficients` checks that nothing outside the
 group changed, and `EditResult.changed` names what did.
 """
 
@@ -23,9 +23,8 @@ import torch
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from deep3drecon.face_model import INIT_LIT
 from generation.controlled import to_uint8
-from generation.inversion import Latent, synthesize
+from generation.inversion import Latent, photo_condition, synthesize
 from torch_utils.errors import UserError
-from training.rep import make_rep
 
 DEFAULT_YAWS = (-30.0, -15.0, 15.0, 30.0)
 DEFAULT_LIGHTS = ((-1.0, 0.0, 0.6), (1.0, 0.0, 0.6), (0.0, 1.0, 0.6), (0.0, -1.0, 0.6))
@@ -130,8 +129,7 @@ def render_edits(G: torch.nn.Module, renderer: torch.nn.Module, latent: Latent, 
     for i in range(0, len(edits), batch):
         p = edits[i : i + batch].to(device)
         ws = latent.ws[None].to(device).expand(len(p), -1, -1)
-        feats = G.features(make_rep(renderer, p, G.img_resolution))
-        images.append(synthesize(G, ws, feats, noise).float().cpu())
+        images.append(synthesize(G, ws, photo_condition(p, renderer, G.img_resolution), noise).float().cpu())
     return EditResult(edits.cpu(), torch.cat(images), list(labels), changed)
 
 

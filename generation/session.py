@@ -114,14 +114,14 @@ def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
     device = pick_device(opts.device)
     G = load_network(opts.network, device)
     config = getattr(G, "snapshot_config", {}) or {}
-    if needs_p and not G.is_conditional:
-        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but {opts.network} is unconditional (--no-cond); "
+    if needs_p and not G.needs:
+        raise UserError(f"'{mode}' edits the 3DMM coefficients p, but {opts.network} is unconditional (uncond); "
                         "use 'images' or 'style-mix'")  # fmt: skip
-    if opts.show_rep and not G.is_conditional:
-        raise UserError("--show-rep needs a 3DMM-conditional snapshot; this one is unconditional (--no-cond)")
+    if opts.show_rep and not G.needs:
+        raise UserError("--show-rep needs a 3DMM-conditional snapshot; this one is unconditional (uncond)")
     renderer = bank = None
     bank_source = bfm = "-"
-    if G.is_conditional:
+    if G.needs:
         resolved = resolve_assets(config, data=opts.data, bfm=opts.bfm, need_data=opts.p_bank is None,
                                   progress=opts.verbose, log=lambda msg: echo(opts, msg))  # fmt: skip
         bank_source, bfm = opts.p_bank or resolved.data, resolved.bfm
@@ -130,7 +130,7 @@ def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
         renderer = build_renderer(bfm, backend, device)
     sampler = cg.Sampler(G, renderer, device, truncation_psi=opts.trunc, noise_mode=opts.noise_mode,
                          batch=opts.batch, progress=opts.verbose)  # fmt: skip
-    kind = "3DMM-conditional" if G.is_conditional else "unconditional"
+    kind = f"3DMM-conditional ({G.cond_kind})" if G.needs else "unconditional"
     bank_info = f"p bank {len(bank)} x 257 from {bank_source}; face model {bfm}; " if bank is not None else ""
     echo(opts, f"{opts.network}: {G.img_resolution}px {kind}, {G.num_ws} ws; {bank_info}device {device}, "
                f"psi {opts.trunc}, noise {opts.noise_mode}")  # fmt: skip

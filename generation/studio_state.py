@@ -31,7 +31,7 @@ from deep3drecon.face_model import INIT_LIT
 from generation import controlled as cg
 from generation.real_edit import read_photo
 from torch_utils.errors import UserError
-from training.rep import rep_render
+from training.rep import rep_distance, rep_render
 
 NUM_EXP_SLIDERS = 8
 # Slider (low, high, step) per control; values read from p are clipped to the range and rounded to the step.
@@ -266,7 +266,7 @@ class Studio:
                  device: torch.device, network: str, outdir: str,
                  reconstructor: Callable[[], torch.nn.Module] | None = None,
                  inverter: Inverter | None = None) -> None:  # fmt: skip
-        if G.is_conditional and (renderer is None or bank is None):
+        if G.needs and (renderer is None or bank is None):
             raise UserError("a 3DMM-conditional snapshot needs a renderer and a p bank")
         self.G, self.renderer, self.bank, self.device = G, renderer, bank, device
         self.network, self.outdir = network, outdir
@@ -275,7 +275,7 @@ class Studio:
     @property
     def conditional(self) -> bool:
         """Whether G takes p (else only z, truncation and noise can be edited)."""
-        return bool(self.G.is_conditional)
+        return bool(self.G.needs)
 
     @property
     def has_fr(self) -> bool:
@@ -358,11 +358,11 @@ class Studio:
         p = None
         if self.conditional:
             p = face.p if controls is None else apply_controls(face.p, controls)
+        p_batch = None if p is None else torch.from_numpy(p)[None]
         if face.ws is not None:
             ws, z = torch.from_numpy(face.ws)[None], None
         else:
-            ws, z = sampler.mapping([z_seed]), cg.seed_z([z_seed], self.G.z_dim)[0].numpy()
-        p_batch = None if p is None else torch.from_numpy(p)[None]
+            ws, z = sampler.mapping([z_seed], p_batch), cg.seed_z([z_seed], self.G.z_dim)[0].numpy()
         tiles = sampler.synthesize(ws, p_batch, [z_seed])  # the noise seed is the z seed, as in generate.py
         view = View(cg.to_uint8(tiles.images[0]), None if tiles.renders is None else cg.to_uint8(tiles.renders[0]),
                     None, p, z, ws[0].cpu().numpy(), z_seed, float(psi), noise_mode)  # fmt: skip
@@ -370,7 +370,7 @@ class Studio:
             p_hat = self.reconstructor()(tiles.images[:1].to(self.device)).float()
             rep_hat, rep = sampler.render(p_hat), sampler.render(p_batch)
             view.fr_render = cg.to_uint8(rep_render(rep_hat)[0].cpu())
-            view.consistency = float((rep_hat - rep).square().mean())
+            view.consistency = float(rep_distance(rep_hat, rep).mean())  # eq. 5's distance, as the loss
         return view
 
     def save(self, view: View, face: Face) -> list[str]:

@@ -20,12 +20,13 @@ from metrics.context import (
     all_reduce_sum,
     batches,
     rank_indices,
+    run_generator,
     sample_latents_and_labels,
-    seeded_torch_rng,
 )
 from torch_utils.errors import UserError
+from training.rep import rep_distance
 
-CONSISTENCY_GROUPS: tuple[str, ...] = ("id", "exp", "tex", "angle", "gamma", "trans")
+CONSISTENCY_GROUPS: tuple[str, ...] = tuple(COEFF_SLICES)  # id, exp, tex, angle, gamma, trans (deep3drecon.coeffs)
 
 
 def group_squared_errors(p_hat: np.ndarray, p: np.ndarray, groups: tuple[str, ...] = CONSISTENCY_GROUPS) -> np.ndarray:
@@ -42,24 +43,19 @@ def compute_consistency(
 
     Ranks take interleaved sample indices; the squared-error sums are reduced over ranks before dividing.
     """
-    ctx.require("G", "p_bank", "reconstructor", "make_rep")
-    if not getattr(ctx.G, "is_conditional", False):
+    ctx.require("G", "bank", "reconstructor")
+    if not ctx.G.needs:
         raise UserError("the consistency metric needs a 3DMM-conditioned generator")
     # sums = [per-group SSE..., rep SSE normalised per element, sample count]
     sums = np.zeros(len(groups) + 2, dtype=np.float64)
     mine = rank_indices(num_samples, ctx.rank, ctx.num_gpus)
     for done, chunk in enumerate(batches(mine, ctx.batch_size), start=1):
-        z, label_idx = sample_latents_and_labels(chunk, ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
-        p = np.asarray(ctx.p_bank[label_idx], dtype=np.float32)
-        if ctx.bank_rep is not None:  # pre-rendered bank rows: no render, no host -> device copy of p
-            rep = ctx.bank_rep(torch.as_tensor(label_idx, dtype=torch.int64))
-        else:
-            rep = ctx.make_rep(torch.as_tensor(p, device=ctx.device))
-        with seeded_torch_rng(ctx.device, ctx.seed, int(chunk[0])):  # repeatable noise, as run_generator
-            img = ctx.G(torch.as_tensor(z, device=ctx.device), rep=rep, truncation_psi=1, noise_mode="random")
+        z, label_idx = sample_latents_and_labels(chunk, ctx.G.z_dim, len(ctx.bank), ctx.seed)
+        cond = ctx.condition(label_idx)  # p of the bank rows; rep(p) from the bank's cache or rendered once
+        img = run_generator(ctx, z, cond, noise_mode="random", noise_key=int(chunk[0]))
         p_hat = ctx.reconstructor(img).float()
-        sums[: len(groups)] += group_squared_errors(p_hat.cpu().numpy(), p, groups)
-        sums[-2] += (ctx.make_rep(p_hat) - rep).double().pow(2).mean(dim=(1, 2, 3)).sum().item()
+        sums[: len(groups)] += group_squared_errors(p_hat.cpu().numpy(), ctx.bank.labels[label_idx], groups)
+        sums[-2] += rep_distance(ctx.bank.render(p_hat).double(), cond.rep.double()).sum().item()
         sums[-1] += len(chunk)
         ctx.report(min(done * ctx.batch_size, len(mine)), len(mine))
     sums = all_reduce_sum(sums, ctx.device)

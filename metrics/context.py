@@ -1,8 +1,8 @@
-"""What a metric is given (`MetricContext`) and the machinery every metric shares.
+"""What a metric is given (`MetricContext`, built by the one `build_context`) and the machinery metrics share.
 
 Shared here: splitting work across ranks, float64 sum-reductions over torch.distributed, per-sample
 deterministic latents/labels (the image for a global sample index never depends on batch size or GPU count),
-and running G on labels through the caller's rep(p).
+and running G on Conditions of the bank (training.condition).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from deep3drecon.coeffs import COEFF_SLICES, NUM_COEFFS  # noqa: F401 (re-exported for the metrics)
 from metrics.features import FeatureExtractorFactory, inception_factory
 from torch_utils.errors import UserError
+from training.condition import Condition, ConditionBank
 
 
 def default_cache_dir() -> str:
@@ -31,13 +32,13 @@ def default_cache_dir() -> str:
 class MetricContext:
     """Everything a metric function needs; built once by the caller (calc_metrics.py or the training loop).
 
-    G: the G_ema module, G(z [N, z_dim], rep [N, 9, R, R] | None, truncation_psi, noise_mode) -> img [N, 3, R, R]
-    in [-1, 1]. dataset: `len`, `[i] -> (uint8 [3, R, R], float32 [257])`, `.name`, optional `.path` (enables the
-    real-statistics cache). p_bank: label vectors p [M, 257] float32 sampled for generated images (the empirical
-    distribution, as the paper trains). reconstructor: FR(img [N, 3, H, W] in [-1, 1]) -> coeffs [N, 257].
-    make_rep: p [N, 257] -> rep [N, 9, R, R] in [-1, 1] at G's resolution. bank_rep: optional, rows of p_bank by
-    index [N] int64 -> the same rep (training.rep.RepBank, pre-rendered once), used instead of make_rep where a
-    metric takes p straight from the bank, so several snapshots are scored on one rendering of the bank.
+    G: the G_ema module, G(z [N, z_dim], cond, truncation_psi, noise_mode) -> img [N, 3, R, R] in [-1, 1], with
+    `G.needs` saying which fields of the Condition it reads (empty: unconditional). dataset: `len`,
+    `[i] -> (uint8 [3, R, R], float32 [257])`, `.name`, optional `.path` (enables the real-statistics cache).
+    bank: the ConditionBank of the dataset's labels p [M, 257] that generated images are conditioned on (the
+    empirical distribution, as the paper trains) with the renderer for rep(p) at G's resolution (rows pre-rendered
+    when it was built with a cache, so several snapshots are scored on one rendering); None for an unconditional G.
+    reconstructor: FR(img [N, 3, H, W] in [-1, 1]) -> coeffs [N, 257].
     progress: called as (done, total) with this rank's item counts. feature_extractor_factory: device ->
     FeatureExtractor (default TF Inception).
     log: one-line messages for the user (e.g. the size of a cache file before it is written); None = silent.
@@ -49,10 +50,8 @@ class MetricContext:
 
     G: torch.nn.Module | None = None
     dataset: Any = None
-    p_bank: np.ndarray | None = None
+    bank: ConditionBank | None = None
     reconstructor: torch.nn.Module | None = None
-    make_rep: Callable[[torch.Tensor], torch.Tensor] | None = None
-    bank_rep: Callable[[torch.Tensor], torch.Tensor] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     rank: int = 0
     num_gpus: int = 1
@@ -81,6 +80,18 @@ class MetricContext:
         """Sends a one-line message to `log` on rank 0."""
         if self.log is not None and self.rank == 0:
             self.log(message)
+
+    def condition(self, rows: np.ndarray) -> Condition | None:
+        """The Condition of bank rows [N] int64 for G, or None when G takes none (unconditional)."""
+        if not self.G.needs:
+            return None
+        self.require("bank")
+        return self.bank.rows(rows)
+
+    def condition_of(self, p: np.ndarray | torch.Tensor) -> Condition:
+        """The Condition of any coefficients p [N, 257] (e.g. DS's mixed rows), rendered with the bank's renderer."""
+        self.require("bank")
+        return self.bank.condition(torch.as_tensor(np.asarray(p, dtype=np.float32)))
 
     def extractor(self):
         """The feature extractor, built once per evaluation (memoised) on ctx.device."""
@@ -197,21 +208,34 @@ def seeded_torch_rng(device: torch.device, *key: int) -> Iterator[None]:
 
 @torch.no_grad()
 def run_generator(
-    ctx: MetricContext, z: np.ndarray, p: np.ndarray | None, noise_mode: str = "random", noise_key: int = 0
+    ctx: MetricContext, z: np.ndarray, cond: Condition | None, noise_mode: str = "random", noise_key: int = 0
 ) -> torch.Tensor:
-    """G(z, rep(p)) without truncation: z [N, z_dim], p [N, 257] (ignored if G is unconditional) -> img [N, 3, R, R].
+    """G(z, cond) without truncation: z [N, z_dim], cond of N rows (None for an unconditional G) -> img [N, 3, R, R].
 
     With noise_mode="random" the noise is drawn from torch's RNG seeded by (ctx.seed, noise_key), callers pass
     the batch's first global sample index: the same images for the same seed, batch size and GPU count (z and
     labels are keyed per sample; the noise maps of a batch are drawn together, so they follow the batching).
     """
     ctx.require("G")
-    rep = None
-    if getattr(ctx.G, "is_conditional", False):
-        ctx.require("make_rep")
-        if p is None:
-            raise UserError("a conditional generator needs label vectors p (MetricContext.p_bank)")
-        rep = ctx.make_rep(torch.as_tensor(p, dtype=torch.float32, device=ctx.device))
     z_t = torch.as_tensor(z, dtype=torch.float32, device=ctx.device)
     with seeded_torch_rng(ctx.device, ctx.seed, noise_key):
-        return ctx.G(z_t, rep=rep, truncation_psi=1, noise_mode=noise_mode)
+        return ctx.G(z_t, cond, truncation_psi=1, noise_mode=noise_mode)
+
+
+def build_context(G: torch.nn.Module | None, dataset: Any, *, device: torch.device,
+                  renderer: torch.nn.Module | None = None, bank: ConditionBank | None = None,
+                  reconstructor: torch.nn.Module | None = None, rep_cache_mb: float = 0.0,
+                  **fields: Any) -> MetricContext:  # fmt: skip
+    """The one MetricContext builder (calc_metrics.py, train.py --metrics, the smoke report, the GPU check).
+
+    The condition bank is `bank` when the caller has one (the training loop's, maybe pre-rendered), else it is built
+    from the dataset's labels and `renderer` (rows pre-rendered once when they fit in rep_cache_mb) for a G that
+    takes a condition. fields: any other MetricContext field (rank, num_gpus, batch_size, seed, log, ...).
+    """
+    if bank is None and G is not None and G.needs:
+        if renderer is None:
+            raise UserError("this generator is 3DMM-conditional: its metrics need the face model's renderer (--bfm)")
+        bank = ConditionBank(dataset.labels, renderer, G.img_resolution, device, rep_cache_mb)
+    if getattr(dataset, "xflip", False):  # metrics see the dataset as it is, whatever the training loader does
+        dataset = dataset.without_xflip()
+    return MetricContext(G=G, dataset=dataset, bank=bank, reconstructor=reconstructor, device=device, **fields)

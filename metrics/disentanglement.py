@@ -52,7 +52,7 @@ def accumulate_ds_spreads(
     Ranks take interleaved set indices; summing the partial results over ranks gives the full-run sums.
     Progress is reported in images (sets x samples_per_set) over all factors.
     """
-    ctx.require("G", "p_bank", "reconstructor")
+    ctx.require("G", "bank", "reconstructor")
     names = variant.factors
     columns = [variant.columns(j) for j in names]
     sums = np.zeros((len(names), len(names)), dtype=np.float64)
@@ -61,10 +61,12 @@ def accumulate_ds_spreads(
     total, done = len(mine) * len(names) * samples_per_set, 0
     for i, varied in enumerate(names):
         for chunk in batches(mine, sets_per_batch):
-            drawn = [sample_ds_set(ctx.p_bank, varied, int(k), samples_per_set, ctx.G.z_dim, ctx.seed) for k in chunk]
+            drawn = [sample_ds_set(ctx.bank.labels, varied, int(k), samples_per_set, ctx.G.z_dim, ctx.seed)
+                     for k in chunk]  # fmt: skip
             p = np.concatenate([p_set for p_set, _ in drawn])
             z = np.repeat(np.stack([z_set for _, z_set in drawn]), samples_per_set, axis=0)
-            img = run_generator(ctx, z, p, noise_mode="const")  # z and noise fixed: only u_i varies in a set
+            # z and noise fixed: only u_i varies in a set
+            img = run_generator(ctx, z, ctx.condition_of(p), noise_mode="const")
             if quantize:
                 img = images_to_uint8(img).float() / 127.5 - 1
             p_hat = ctx.reconstructor(img).double().cpu().numpy().reshape(len(chunk), samples_per_set, NUM_COEFFS)
@@ -87,9 +89,9 @@ def compute_ds(
     Returns ds_<factor> and sigma_<varied>_<measured> for the variant's factors (see `metrics.ds_variants`).
     """
     spec = DS_VARIANTS[variant] if isinstance(variant, str) else variant
-    if ctx.G is not None and not getattr(ctx.G, "is_conditional", False):
+    if ctx.G is not None and not ctx.G.needs:
         raise UserError("the disentanglement score needs a 3DMM-conditioned generator")
     if samples_per_set < 2:
         raise UserError("the disentanglement score needs at least 2 samples per set")
     sums = all_reduce_sum(accumulate_ds_spreads(ctx, num_sets, samples_per_set, quantize, spec), ctx.device)
-    return scores_from_spreads(sums / num_sets, spec.normalisers(ctx.p_bank), spec.factors, spec.eps)
+    return scores_from_spreads(sums / num_sets, spec.normalisers(ctx.bank.labels), spec.factors, spec.eps)

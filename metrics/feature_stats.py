@@ -291,14 +291,13 @@ def compute_generator_stats(
     memoised = ctx.memo.get(memo_key)
     if memoised is not None and (memoised.capture_all or not capture):
         return memoised
-    num_labels = 0 if ctx.p_bank is None else len(ctx.p_bank)
+    num_labels = 0 if ctx.bank is None else len(ctx.bank)
     mine = rank_indices(num_gen, ctx.rank, ctx.num_gpus)
     stats = FeatureStats(extractor.feature_dim, capture_all=capture)
     done = 0
     for chunk in batches(mine, ctx.batch_size):
         z, label_idx = sample_latents_and_labels(chunk, ctx.G.z_dim, num_labels, ctx.seed)
-        p = None if ctx.p_bank is None else ctx.p_bank[label_idx]
-        img = run_generator(ctx, z, p, noise_mode="random", noise_key=int(chunk[0]))
+        img = run_generator(ctx, z, ctx.condition(label_idx), noise_mode="random", noise_key=int(chunk[0]))
         stats.append(extractor(images_to_uint8(img)))
         done += len(chunk)
         ctx.report(done, len(mine))

@@ -30,6 +30,7 @@ __all__ = [
     "MetricSpec",
     "calc_metric",
     "check_metric_names",
+    "check_metrics_apply",
     "get_metric",
     "is_valid_metric",
     "list_metrics",
@@ -48,8 +49,8 @@ class MetricSpec:
     """
 
     fn: Callable[[MetricContext], dict[str, float]]
-    needs_real_images: bool
-    needs_reconstructor: bool
+    needs_real_images: bool      # reads the dataset's images (FID, KID)
+    needs_reconstructor: bool    # runs FR on generated images, so G must take a condition (DS, consistency)
     description: str
     variant: str | None = None
     feature_passes: tuple[tuple[str, int | None], ...] = ()
@@ -77,29 +78,31 @@ _DS_LINES = {
     "gancontrol": "GAN-Control's code: mean pairwise L2 / the same over dataset rows, id 80-d, 4 factors",
 }
 
+_IMAGES = dict(needs_real_images=True, needs_reconstructor=False)  # quality metrics: real images, no FR
+_FR = dict(needs_real_images=False, needs_reconstructor=True)       # 3DMM metrics: FR on generated images
+
 _METRICS: dict[str, MetricSpec] = {
-    "fid50k_full": MetricSpec(_fid(50_000, None), True, False, "FID, 50k generated vs all real images (paper table 1)"),
-    "kid50k_full": MetricSpec(
-        _kid(50_000, 1_000_000, 100, 1000), True, False, "KID, 50k generated vs up to 1M real, 100 subsets of 1000",
-        feature_passes=(("real", 1_000_000), ("gen", 50_000)),
-    ),
-    "ds10k": MetricSpec(_ds(1000, "paper"), False, True, "DS, 1000 sets x 10 per factor, " + _DS_LINES["paper"],
-                        variant="paper"),
-    "ds10k_cgof": MetricSpec(_ds(1000, "cgof"), False, True, "DS, 1000 sets x 10 per factor, " + _DS_LINES["cgof"],
-                             variant="cgof"),
-    "ds10k_gancontrol": MetricSpec(
-        _ds(1000, "gancontrol"), False, True, "DS, 1000 sets x 10 per factor, " + _DS_LINES["gancontrol"],
-        variant="gancontrol",
-    ),
-    "cons10k": MetricSpec(_cons(10_000), False, True, "3DMM consistency MSE per coefficient group, 10k samples"),
-    "fid1k": MetricSpec(_fid(1000, 1000), True, False, "smoke: FID, 1k generated vs 1k real (biased upwards)"),
-    "kid1k": MetricSpec(_kid(1000, 1000, 10, 100), True, False, "smoke: KID, 1k vs 1k, 10 subsets of 100",
+    "fid50k_full": MetricSpec(_fid(50_000, None), **_IMAGES,
+                              description="FID, 50k generated vs all real images (paper table 1)"),
+    "kid50k_full": MetricSpec(_kid(50_000, 1_000_000, 100, 1000), **_IMAGES,
+                              description="KID, 50k generated vs up to 1M real, 100 subsets of 1000",
+                              feature_passes=(("real", 1_000_000), ("gen", 50_000))),
+    "ds10k": MetricSpec(_ds(1000, "paper"), **_FR, variant="paper",
+                        description="DS, 1000 sets x 10 per factor, " + _DS_LINES["paper"]),
+    "ds10k_cgof": MetricSpec(_ds(1000, "cgof"), **_FR, variant="cgof",
+                             description="DS, 1000 sets x 10 per factor, " + _DS_LINES["cgof"]),
+    "ds10k_gancontrol": MetricSpec(_ds(1000, "gancontrol"), **_FR, variant="gancontrol",
+                                   description="DS, 1000 sets x 10 per factor, " + _DS_LINES["gancontrol"]),
+    "cons10k": MetricSpec(_cons(10_000), **_FR, description="3DMM consistency MSE per coefficient group, 10k samples"),
+    "fid1k": MetricSpec(_fid(1000, 1000), **_IMAGES,
+                        description="smoke: FID, 1k generated vs 1k real (biased upwards)"),
+    "kid1k": MetricSpec(_kid(1000, 1000, 10, 100), **_IMAGES, description="smoke: KID, 1k vs 1k, 10 subsets of 100",
                         feature_passes=(("real", 1000), ("gen", 1000))),
-    "ds100": MetricSpec(_ds(10, "paper"), False, True, "smoke: ds10k with 10 sets x 10", variant="paper"),
-    "ds100_cgof": MetricSpec(_ds(10, "cgof"), False, True, "smoke: ds10k_cgof with 10 sets x 10", variant="cgof"),
-    "ds100_gancontrol": MetricSpec(_ds(10, "gancontrol"), False, True, "smoke: ds10k_gancontrol with 10 sets x 10",
-                                   variant="gancontrol"),
-    "cons1k": MetricSpec(_cons(1000), False, True, "smoke: 3DMM consistency, 1k samples"),
+    "ds100": MetricSpec(_ds(10, "paper"), **_FR, variant="paper", description="smoke: ds10k with 10 sets x 10"),
+    "ds100_cgof": MetricSpec(_ds(10, "cgof"), **_FR, variant="cgof", description="smoke: ds10k_cgof with 10 sets x 10"),
+    "ds100_gancontrol": MetricSpec(_ds(10, "gancontrol"), **_FR, variant="gancontrol",
+                                   description="smoke: ds10k_gancontrol with 10 sets x 10"),
+    "cons1k": MetricSpec(_cons(1000), **_FR, description="smoke: 3DMM consistency, 1k samples"),
 }  # fmt: skip
 
 
@@ -125,6 +128,17 @@ def check_metric_names(names: list[str]) -> None:
     unknown = [name for name in names if name not in _METRICS]
     if unknown:
         raise UserError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: {', '.join(_METRICS)}")
+
+
+def check_metrics_apply(names: list[str], conditional: bool, what: str) -> None:
+    """Refuses (one line) metrics that `what` cannot compute: FR-based ones (ds*, cons*) need a conditional G.
+
+    train.py checks the design before training starts and calc_metrics.py the snapshot before any rank starts.
+    """
+    check_metric_names(names)
+    needs_fr = [name for name in names if _METRICS[name].needs_reconstructor]
+    if needs_fr and not conditional:
+        raise UserError(f"{', '.join(needs_fr)} need a 3DMM-conditioned generator; {what} is unconditional")
 
 
 def plan_evaluation(names: list[str], ctx: MetricContext) -> None:

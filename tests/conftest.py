@@ -18,12 +18,21 @@ pytest_plugins = ["tests.conditional_fixtures"]
 
 
 def run_training_loop(config, run_dir: str, device: torch.device, resume_state: str | None = None) -> dict:
-    """train.py's single-process path: resolve the run's dataset and assets, then run the loop."""
+    """train.py's single-process path: resolve the run's dataset and assets, then run the loop (with --metrics)."""
+    from metrics.snapshot_hook import snapshot_hook
     from training.resolve import resolve_run
     from training.training_loop import training_loop
 
     dataset, assets = resolve_run(config)
-    return training_loop(config, run_dir, device, dataset, assets, resume_state=resume_state)
+    hook = snapshot_hook(config, dataset, assets.recon_ckpt, run_dir, device, rank=0, world_size=1)
+    return training_loop(config, run_dir, device, dataset, assets, resume_state=resume_state, snapshot_hook=hook)
+
+
+def rep_cond(rep: torch.Tensor):
+    """A training.condition.Condition carrying a bare rep [N, 9, R, R] (p zeros: the networks read only rep)."""
+    from training.condition import Condition
+
+    return Condition(torch.zeros(rep.shape[0], 257, dtype=rep.dtype, device=rep.device), rep)
 
 
 def write_image_dataset(path: str, num: int = 16, resolution: int = 16, label_dim: int = 257, seed: int = 0,

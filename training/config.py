@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from torch_utils.errors import UserError
+from training.designs import DESIGNS, Design, design_from_cond, get_design
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -64,8 +65,8 @@ class TrainConfig:
     fr_autocast: str = "off"               # off | bf16 | fp16: the consistency loss's FR under autocast
     compile_fr: bool = False               # torch.compile the FR forward+backward (never the R1 double backward)
     rep_cache_mb: float = 0                # pre-render rep(p) of every bank row once if it fits (training.rep.RepBank)
-    # The method (section 2.2-2.3).
-    cond: bool = True                      # False = the unconditional StyleGAN2 baseline, same code
+    # The design (training/designs.py: how p enters G and which loss terms the G phase adds) and the method's knobs.
+    design: str = "method"                 # method (the paper) | uncond (StyleGAN2; --no-cond) | ...
     enc_channel_base: int = 4096
     enc_channel_max: int = 256
     enc_feat_channels: int = 32            # channels of each injected feature map c_i
@@ -76,13 +77,26 @@ class TrainConfig:
     recon_backbone: str | None = None      # None = inferred from the checkpoint
     render_backend: str = "auto"
 
+    @property
+    def design_spec(self) -> Design:
+        """The Design row of config.design (what G does with p, which loss terms; training/designs.py)."""
+        return get_design(self.design)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (for training_options.json and snapshots)."""
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Rebuild from to_dict() output; unknown keys are an error (they signal a typo or a version skew)."""
+        """Rebuild from to_dict() output; unknown keys are an error (they signal a typo or a version skew).
+
+        A config written before designs existed has `cond: bool` instead of `design`; it reads as method / uncond.
+        """
+        values = dict(values)
+        if "cond" in values:
+            legacy = design_from_cond(bool(values.pop("cond")))
+            if values.setdefault("design", legacy) != legacy:
+                raise UserError(f"config gives both cond and design '{values['design']}'; keep only design")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -111,7 +125,13 @@ def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults <- preset <- user flags (only those not None), then validated."""
     values = TrainConfig().to_dict()
     values.update(load_preset(cfg))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "cond" in overrides:  # --cond / --no-cond: aliases of --design method / uncond
+        alias = design_from_cond(overrides.pop("cond"))
+        if overrides.setdefault("design", alias) != alias:
+            raise UserError(f"--{'cond' if alias == 'method' else 'no-cond'} means --design {alias}, "
+                            f"not {overrides['design']}: pass one of them")
+    values.update(overrides)
     values["cfg"] = os.path.splitext(os.path.basename(cfg))[0]
     for key in ("data", "bfm", "recon_ckpt", "init_from"):  # absolute: resume/metrics/generate work from any folder
         if values.get(key) is not None:
@@ -123,6 +143,8 @@ def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Checks that need no data or GPU; each failure is one clear line."""
+    if config.design not in DESIGNS:
+        raise UserError(f"unknown design '{config.design}'; choose one of: {', '.join(DESIGNS)}")
     if config.gpus < 1:
         raise UserError("--gpus must be at least 1")
     if config.batch < 1 or config.batch % config.gpus != 0:
@@ -154,9 +176,9 @@ def validate(config: TrainConfig) -> None:
     if config.data is None and config.builtin_data is None:
         raise UserError(f"preset '{config.cfg}' needs --data (a dataset zip or folder made by dataset_tool.py)")
     real_data_without_face_assets = config.data is not None and (config.bfm is None or config.recon_ckpt is None)
-    if config.cond and real_data_without_face_assets and config.builtin_data is None:
-        raise UserError("the conditional method needs --bfm (BFM_model_front.mat) and --recon-ckpt "
-                        "(Deep3DFaceRecon epoch_20.pth); use --no-cond for the unconditional baseline")
+    if config.design_spec.conditional and real_data_without_face_assets and config.builtin_data is None:
+        raise UserError(f"design {config.design} needs --bfm (BFM_model_front.mat) and --recon-ckpt "
+                        "(Deep3DFaceRecon epoch_20.pth); use --design uncond for the unconditional baseline")
     for path, flag in ((config.data, "--data"), (config.bfm, "--bfm"), (config.recon_ckpt, "--recon-ckpt")):
         if path is not None and not os.path.exists(path):
             raise UserError(f"{flag} path does not exist: {path}")

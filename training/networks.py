@@ -15,6 +15,8 @@ from torch import nn
 from torch_utils.errors import UserError
 from torch_utils.misc import fp16_blocks_active
 from torch_utils.ops import bias_act, modulated_conv, upfirdn2d
+from training.condition import Condition
+from training.designs import COND_KIND_NEEDS
 from training.encoder import RenderEncoder
 from training.layers import FullyConnectedLayer, block_resolutions, channels_at, fir_filter
 
@@ -29,7 +31,11 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 
 
 class MappingNetwork(nn.Module):
-    """z [N, z_dim] (any scale; normalised by its 2nd moment) -> ws [N, num_ws, w_dim], all rows equal."""
+    """z [N, z_dim] (any scale; normalised by its 2nd moment), cond -> ws [N, num_ws, w_dim], all rows equal.
+
+    The method's mapping network ignores the condition (p enters through the synthesis network, eq. 7); it takes
+    one so that every design is called the same way, G.mapping(z, cond).
+    """
 
     def __init__(
         self,
@@ -52,10 +58,12 @@ class MappingNetwork(nn.Module):
     def forward(
         self,
         z: torch.Tensor,
+        cond: Condition | None = None,
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         update_emas: bool = False,
     ) -> torch.Tensor:
+        del cond  # the method's mapping does not see p
         x = normalize_2nd_moment(z.to(self.w_avg.dtype))  # float32 unless the module was cast
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
@@ -220,8 +228,10 @@ class SynthesisBlock(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """ws [N, num_ws, w_dim] (+ feats, one map per conv layer) -> img [N, img_channels, R, R] float32, ~[-1, 1].
+    """ws [N, num_ws, w_dim], cond -> img [N, img_channels, R, R] float32, ~[-1, 1].
 
+    With encoder_kwargs (the method) it owns the render encoder E (`encoder`, training/encoder.py) and injects
+    E(cond.rep), one feature map per conv layer, as in eq. 7; without, it is StyleGAN2's synthesis network.
     feat_channels[r] = number of 3DMM feature channels injected into EACH of the conv layers of block r (eq. 7).
     Per conv layer, in synthesis order [b4.conv1, b8.conv0, b8.conv1, ..., bR.conv1]: `layer_resolutions` (block
     resolution), `feat_resolutions` (spatial size of the injected map = the layer's input size, r/2 for conv0),
@@ -237,15 +247,14 @@ class SynthesisNetwork(nn.Module):
         channel_max: int = 512,
         num_fp16_res: int = 4,
         conv_clamp: float | None = 256,
-        feat_channels: dict[int, int] | None = None,
+        encoder_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         self.block_resolutions = block_resolutions(img_resolution)
-        feat_channels = {int(r): int(c) for r, c in (feat_channels or {}).items()}  # JSON round-trips str keys
-        unknown = sorted(set(feat_channels) - set(self.block_resolutions))
-        if unknown:
-            raise UserError(f"feat_channels resolutions {unknown} are not synthesis blocks {self.block_resolutions}")
+        # E first: its weights draw from the RNG before the blocks', and its parameters come first (optimizer order).
+        self.encoder = RenderEncoder(img_resolution=img_resolution, **encoder_kwargs) if encoder_kwargs else None
+        feat_channels = self.encoder.feat_channels if self.encoder is not None else {}
         fp16_resolution = max(2 ** (int(math.log2(img_resolution)) + 1 - num_fp16_res), 8)
         self.layer_resolutions, self.feat_resolutions, self.feat_layer_channels = [], [], []
         self.num_ws = 0
@@ -276,10 +285,18 @@ class SynthesisNetwork(nn.Module):
             if c and tuple(f.shape) != (batch_size, c, r, r):
                 raise UserError(f"feats[{i}] has shape {tuple(f.shape)}, expected {(batch_size, c, r, r)}")
 
+    def injected_features(self, cond: Condition | None) -> list[torch.Tensor] | None:
+        """E(cond.rep): one [N, F_l, r_l, r_l] map per conv layer (eq. 14), or None for a network without E."""
+        if self.encoder is None:
+            return None
+        if cond is None:
+            raise UserError("this generator is 3DMM-conditional: pass a Condition (p and rep(p))")
+        return self.encoder(cond.rep)
+
     def forward(
         self,
         ws: torch.Tensor,
-        feats: list[torch.Tensor] | None = None,
+        cond: Condition | None = None,
         noise_mode: str = "random",
         force_fp32: bool = False,
         fused_modconv: bool | None = None,
@@ -288,6 +305,7 @@ class SynthesisNetwork(nn.Module):
             raise UserError(f"ws has shape {tuple(ws.shape)}, expected [N, {self.num_ws}, {self.w_dim}]")
         if noise_mode not in ("random", "const", "none"):
             raise UserError(f"noise_mode must be 'random', 'const' or 'none', got {noise_mode!r}")
+        feats = self.injected_features(cond)  # E(rep(p)), or None (eq. 7's c, one map per conv layer)
         self.check_feats(feats, ws.shape[0])  # feats[i]: [N, feat_layer_channels[i], feat_resolutions[i] ** 2]
         x = img = None  # x: [N, C_r, r, r] features, img: [N, 3, r, r] running RGB (skip architecture)
         w_idx = feat_idx = 0
@@ -302,10 +320,13 @@ class SynthesisNetwork(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z [N, z_dim], rep [N, 9, R, R] in [-1, 1] or None) -> img [N, img_channels, R, R] float32, ~[-1, 1].
+    """G(z [N, z_dim], cond) -> img [N, img_channels, R, R] float32, ~[-1, 1]; the one place that composes
+    mapping -> (condition) -> synthesis: G(z, cond) = G.synthesis(G.mapping(z, cond), cond).
 
-    encoder_kwargs None builds the unconditional StyleGAN2 baseline; otherwise a RenderEncoder E maps rep to one
-    feature map per synthesis conv layer, injected as in eq. 7 (the synthesis feat_channels come from E).
+    cond: a training.condition.Condition (p [N, 257] and rep(p) [N, 9, R, R] in [-1, 1]) or None for an
+    unconditional G. cond_kind (a key of training.designs.COND_KIND_NEEDS) says how the condition enters; None
+    derives it as in snapshots written before it existed: "inject" with encoder_kwargs, else "none". `needs` lists
+    the Condition fields this G reads (() for StyleGAN2, ("rep",) for the method).
     """
 
     def __init__(
@@ -317,42 +338,43 @@ class Generator(nn.Module):
         mapping_kwargs: dict | None = None,
         synthesis_kwargs: dict | None = None,
         encoder_kwargs: dict | None = None,
+        cond_kind: str | None = None,
     ) -> None:
-
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, img_resolution, img_channels
+        self.cond_kind = cond_kind or ("inject" if encoder_kwargs is not None else "none")
+        if self.cond_kind not in COND_KIND_NEEDS:
+            raise UserError(f"unknown cond_kind '{self.cond_kind}'; choose one of: {', '.join(COND_KIND_NEEDS)}")
+        if (self.cond_kind == "inject") != (encoder_kwargs is not None):
+            raise UserError(f"cond_kind '{self.cond_kind}' and encoder_kwargs disagree: 'inject' needs the encoder")
+        self.needs = COND_KIND_NEEDS[self.cond_kind]
         synthesis_kwargs = dict(synthesis_kwargs or {})
-        if "feat_channels" in synthesis_kwargs:
-            raise UserError("synthesis_kwargs must not set feat_channels; the Generator takes them from the encoder")
-        self.encoder = None
-        if encoder_kwargs is not None:
-            self.encoder = RenderEncoder(img_resolution=img_resolution, **encoder_kwargs)
-            synthesis_kwargs["feat_channels"] = self.encoder.feat_channels
-        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        if "encoder_kwargs" in synthesis_kwargs:
+            raise UserError("pass encoder_kwargs to the Generator, not inside synthesis_kwargs")
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, encoder_kwargs=encoder_kwargs,
+                                          **synthesis_kwargs)  # fmt: skip
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
-        self.is_conditional = self.encoder is not None
-        self.rep_channels = self.encoder.rep_channels if self.encoder is not None else 0
-
-    def features(self, rep: torch.Tensor) -> list[torch.Tensor]:
-        """rep [N, 9, R, R] in [-1, 1] -> feats, one [N, F_l, r_l, r_l] map per synthesis conv layer (E in eq. 14)."""
-        if self.encoder is None:
-            raise UserError("this generator is unconditional (built without encoder_kwargs); it takes no rep")
-        return self.encoder(rep)
 
     def forward(
         self,
         z: torch.Tensor,
-        rep: torch.Tensor | None = None,
+        cond: Condition | None = None,
         truncation_psi: float = 1.0,
         truncation_cutoff: int | None = None,
         update_emas: bool = False,
         noise_mode: str = "random",
         force_fp32: bool = False,
     ) -> torch.Tensor:
-        if self.is_conditional and rep is None:
-            raise UserError("this generator is 3DMM-conditional: pass rep [N, 9, R, R]")
-        feats = self.features(rep) if rep is not None else None  # E(rep): one map per conv layer (encoder.py)
-        ws = self.mapping(z, truncation_psi, truncation_cutoff, update_emas=update_emas)  # [N, num_ws, w_dim]
-        # The feats enter each conv layer in SynthesisLayer.forward (above), concatenated with style 1 (eq. 7).
-        return self.synthesis(ws, feats, noise_mode=noise_mode, force_fp32=force_fp32)  # [N, 3, R, R]
+        if bool(self.needs) != (cond is not None):
+            raise UserError("this generator is 3DMM-conditional: pass a Condition (p and rep(p))" if self.needs else
+                            "this generator is unconditional (StyleGAN2): pass cond=None")
+        ws = self.mapping(z, cond, truncation_psi, truncation_cutoff, update_emas=update_emas)  # [N, num_ws, w_dim]
+        # The condition enters each conv layer in SynthesisLayer.forward (above), concatenated with style 1 (eq. 7).
+        return self.synthesis(ws, cond, noise_mode=noise_mode, force_fp32=force_fp32)  # [N, 3, R, R]
+
+    @staticmethod
+    def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict written before E moved into the synthesis network (`encoder.*`) with today's names
+        (`synthesis.encoder.*`); the parameter order, and so an optimizer's state, is the same in both."""
+        return {("synthesis." + k if k.startswith("encoder.") else k): v for k, v in state.items()}

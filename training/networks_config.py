@@ -6,9 +6,10 @@ from training.config import TrainConfig
 
 
 def generator_kwargs(config: TrainConfig, resolution: int) -> dict:
-    """Generator(**kwargs) for this run: mapping depth, z_dim, channels, and the render encoder if --cond."""
+    """Generator(**kwargs) for this run: mapping depth, z_dim, channels, and how p enters (config.design)."""
+    cond_kind = config.design_spec.cond_kind
     encoder_kwargs = None
-    if config.cond:
+    if cond_kind == "inject":  # the render encoder E whose features are injected (eq. 7, 14)
         encoder_kwargs = dict(channel_base=config.enc_channel_base, channel_max=config.enc_channel_max,
                               feat_channels=config.enc_feat_channels)
     return dict(
@@ -16,7 +17,7 @@ def generator_kwargs(config: TrainConfig, resolution: int) -> dict:
         mapping_kwargs=dict(num_layers=config.map_layers),
         synthesis_kwargs=dict(channel_base=config.channel_base, channel_max=config.channel_max,
                               num_fp16_res=config.num_fp16_res, conv_clamp=config.conv_clamp),
-        encoder_kwargs=encoder_kwargs,
+        encoder_kwargs=encoder_kwargs, cond_kind=cond_kind,
     )
 
 

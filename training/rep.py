@@ -27,36 +27,10 @@ def rep_render(rep: torch.Tensor) -> torch.Tensor:
     return rep[:, :3]
 
 
-class RepBank:
-    """rep(p) of rows of the coefficient bank p_bank [M, 257], pre-rendered once when they fit in `cache_mb`.
+def rep_distance(rep_a: torch.Tensor, rep_b: torch.Tensor) -> torch.Tensor:
+    """||rep_a - rep_b||^2 per sample as a mean over its 9 x R x R entries: [N, 9, R, R] x 2 -> [N] (eq. 5-6).
 
-    Training draws p from the dataset's own labels (a fixed bank), and the renderer is deterministic, so for a small
-    bank rendering every row once replaces two renders per iteration (the Gmain and Dmain conditions) by a lookup.
-    The cache is float32 [M, 9, R, R] on the bank's device (M * 9 * R^2 * 4 bytes: 18 MiB for 512 rows at 32 px,
-    154 GiB for FFHQ's 70k at 256); with cache_mb = 0 or a bank too large for it, rows are rendered on demand. Both
-    give rep(p) without gradient, equal up to float32 summation order (the renderer's batch size differs).
+    The one rep distance of the consistency loss and the cons metric's cons_rep (in the inputs' dtype). A per-entry
+    mean rather than a sum keeps lambda = 20 in the paper's balance with the GAN loss at any resolution.
     """
-
-    def __init__(self, renderer: torch.nn.Module, p_bank: torch.Tensor, size: int, cache_mb: float = 0.0,
-                 batch: int = 64) -> None:  # fmt: skip
-        self.renderer, self.p_bank, self.size = renderer, p_bank, size
-        self.cache_bytes = p_bank.shape[0] * REP_CHANNELS * size * size * 4
-        self.cached: torch.Tensor | None = None
-        if 0 < self.cache_bytes <= cache_mb * 2**20:
-            with torch.no_grad():
-                self.cached = torch.cat([make_rep(renderer, p_bank[i : i + batch], size)
-                                         for i in range(0, p_bank.shape[0], batch)])  # fmt: skip
-
-    def __call__(self, index: torch.Tensor) -> torch.Tensor:
-        """Bank rows index [N] int64 -> rep(p_bank[index]) [N, 9, R, R] in [-1, 1], no gradient."""
-        if self.cached is not None:
-            return self.cached[index.to(self.cached.device)]
-        with torch.no_grad():
-            return make_rep(self.renderer, self.p_bank[index], self.size)
-
-    def describe(self) -> str:
-        """One log line: cached or rendered per batch, and the cache size."""
-        size_mb = self.cache_bytes / 2**20
-        if self.cached is not None:
-            return f"rep(p) of the {self.p_bank.shape[0]} bank rows pre-rendered once ({size_mb:.0f} MB)"
-        return f"rep(p) rendered per batch (the bank's cache would take {size_mb:.0f} MB; rep_cache_mb limits it)"
+    return (rep_a - rep_b).square().flatten(1).mean(dim=1)

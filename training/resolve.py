@@ -130,15 +130,16 @@ def resolve_run(config: TrainConfig, progress: bool = False, log: Callable[[str]
     """A training run's inputs: (the opened dataset, its ResolvedAssets) from a TrainConfig.
 
     The dataset is the config's (or the built-in one); face model and FR are resolved for the method only
-    (config.cond; need_fr=False leaves the FR out, e.g. for a dry run that must not build the synthetic one).
+    (conditional designs; need_fr=False leaves the FR out, e.g. for a dry run that must not build the synthetic one).
     Raises UserError on a dataset whose labels the method cannot use.
     """
-    resolved = resolve_assets(config.to_dict(), need_face=config.cond, need_fr=config.cond and need_fr,
+    conditional = config.design_spec.conditional
+    resolved = resolve_assets(config.to_dict(), need_face=conditional, need_fr=conditional and need_fr,
                               progress=progress, log=log)  # fmt: skip
     dataset = ImageLabelDataset(resolved.data, resolution=config.resolution, xflip=config.xflip,
-                                require_labels=config.cond, skip_bad_images=config.skip_bad_images,
+                                require_labels=conditional, skip_bad_images=config.skip_bad_images,
                                 progress=progress)  # fmt: skip
-    if config.cond and dataset.label_dim != 257:
-        raise UserError(f"{resolved.data}: labels are {dataset.label_dim}-d; the method needs 257-d 3DMM coefficients "
-                        "(build the dataset with dataset_tool.py, or train the baseline with --no-cond)")
+    if conditional and dataset.label_dim != 257:
+        raise UserError(f"{resolved.data}: labels are {dataset.label_dim}-d; design {config.design} needs 257-d 3DMM "
+                        "coefficients (build the dataset with dataset_tool.py, or train --design uncond)")
     return dataset, resolved

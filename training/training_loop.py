@@ -10,26 +10,32 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from torch_utils import distributed
 from torch_utils.training_stats import StatsCollector
+from training.condition import Condition, ConditionBank
 from training.config import TrainConfig
-from training.consistency import ConsistencyLoss, blend_alpha
+from training.consistency import ConsistencyLoss
 from training.dataset import ImageLabelDataset, make_loader
+from training.designs import get_design
 from training.discriminator import Discriminator
 from training.interop.init_from import init_networks
 from training.loss import GANLoss
 from training.networks import Generator
 from training.networks_config import discriminator_kwargs, generator_kwargs
-from training.rep import RepBank
 from training.resolve import ResolvedAssets, build_reconstructor, build_renderer
 from training.run import fast_paths, snapshot
 from training.run.grids import generate_grid, grid_size, save_image_grid
 from training.run.nonfinite import NonFiniteGuard
 from training.run.reporting import TickReporter
+
+# Called at every snapshot on every rank (collective): (G_ema, snapshot file name, the condition bank or None, the
+# frozen FR or None). train.py passes the metrics' hook; the loop itself knows nothing of metrics.
+SnapshotHook = Callable[[torch.nn.Module, str, ConditionBank | None, torch.nn.Module | None], None]
 
 
 def _log(rank: int, msg: str) -> None:
@@ -39,11 +45,12 @@ def _log(rank: int, msg: str) -> None:
 
 def training_loop(config: TrainConfig, run_dir: str, device: torch.device, dataset: ImageLabelDataset,
                   assets: ResolvedAssets, rank: int = 0, world_size: int = 1,
-                  resume_state: str | None = None) -> dict:  # fmt: skip
+                  resume_state: str | None = None, snapshot_hook: SnapshotHook | None = None) -> dict:  # fmt: skip
     """Train until config.kimg thousand real images have been shown to D. Returns final counters (for tests).
 
     dataset: the real images x [3, R, R] uint8 and their 257-d labels (the bank p is drawn from); assets: the
-    resolved face model and FR paths (None for --no-cond), from training.resolve.
+    resolved face model and FR paths (None for an unconditional design), from training.resolve. snapshot_hook:
+    run at every snapshot after the files are written (train.py --metrics).
     """
     # Seeds and numerics: per-rank streams from one global seed; TF32 off unless config.allow_tf32.
     start_time = time.time()
@@ -58,8 +65,9 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
 
     # Data: real images for D, and the empirical bank of coefficients p sampled independently for G.
     R = dataset.resolution
+    design = get_design(config.design)
     _log(rank, f"Dataset: {dataset.path}: {len(dataset)} images, {R}x{R}, labels {dataset.label_dim}-d")
-    p_bank = torch.as_tensor(dataset.labels, device=device)
+    _log(rank, f"Design: {design.name} ({design.summary})")
 
     # Networks. Parameters start identical on every rank (broadcast below, or loaded from the same file).
     G_kwargs, D_kwargs = generator_kwargs(config, R), discriminator_kwargs(config, R)
@@ -71,18 +79,18 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     if config.channels_last:
         fast_paths.apply_channels_last(G, D, G_ema)
 
-    # The method's 3DMM side: the renderer for rep(p) (eq. 3) and the frozen FR of the consistency loss (eq. 5).
-    renderer = consistency = rep_bank = None
-    if config.cond:
+    # The 3DMM side: the bank of conditions p with rep(p) (eq. 3) and the frozen FR of the consistency loss (eq. 5).
+    bank = consistency = None
+    if design.conditional:
         if dataset.label_dim != 257:
-            raise ValueError(f"the method needs 257-d 3DMM labels, the dataset has {dataset.label_dim}-d")
+            raise ValueError(f"design {design.name} needs 257-d 3DMM labels, the dataset has {dataset.label_dim}-d")
         renderer = build_renderer(assets.bfm, config.render_backend, device)
-        if config.lambda_cons > 0:
+        if design.consistency and config.lambda_cons > 0:
             reconstructor = build_reconstructor(assets.recon_ckpt, device, config.recon_backbone)
-            consistency = ConsistencyLoss(renderer, reconstructor, config.fr_autocast,
-                                          compile_backend="inductor" if config.compile_fr else None)
-        rep_bank = RepBank(renderer, p_bank, R, config.rep_cache_mb)
-        _log(rank, f"Renderer backend: {renderer.backend}; {rep_bank.describe()}")
+            consistency = ConsistencyLoss(renderer, reconstructor, config.lambda_cons, config.blend_kimg,
+                                          config.fr_autocast, "inductor" if config.compile_fr else None)
+        bank = ConditionBank(dataset.labels, renderer, R, device, config.rep_cache_mb)
+        _log(rank, f"Renderer backend: {renderer.backend}; {bank.describe()}")
 
     # Optimisers; D's lazy R1 corrects lr and betas so the effective rate matches non-lazy R1 (StyleGAN2); G's
     # only with config.g_reg_interval (StyleGAN2-ADA keeps 4 without path length; StyleGAN3 and paper256: None).
@@ -105,33 +113,31 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     # Loss, data order, and the statistics every rank reports.
     stats = StatsCollector(device)
     loss = GANLoss(G, D, stats, r1_gamma=config.gamma, style_mixing_prob=config.style_mixing_prob,
-                   consistency=consistency, lambda_cons=config.lambda_cons,
-                   w_avg_in_g_pass=config.w_avg_in_g_pass)  # fmt: skip
+                   consistency=consistency, w_avg_in_g_pass=config.w_avg_in_g_pass)
     loader = make_loader(dataset, batch_gpu, rank, world_size, config.seed, start=cur_nimg // world_size,
                          workers=config.workers, pin_memory=device.type == "cuda")  # fmt: skip
 
     # Fixed grid: each row keeps p fixed, each column keeps z fixed (noise_mode const).
     gw, gh = grid_size(R)
     grid_gen = torch.Generator().manual_seed(config.seed)
-    grid_idx = torch.randint(len(p_bank), [gh], generator=grid_gen)
-    grid_z = torch.randn([gw if config.cond else gw * gh, config.z_dim], generator=grid_gen).to(device)
-    grid_rep = rep_bank(grid_idx.to(device)) if config.cond else None
+    grid_idx = torch.randint(len(dataset.labels), [gh], generator=grid_gen)
+    grid_z = torch.randn([gw if bank is not None else gw * gh, config.z_dim], generator=grid_gen).to(device)
+    grid_cond = bank.rows(grid_idx) if bank is not None else None
     if rank == 0 and resume_state is None:
         reals = np.stack([dataset[int(i)][0] for i in torch.randint(len(dataset), [gw * gh], generator=grid_gen)])
         save_image_grid(reals, os.path.join(run_dir, "reals.png"), gw, drange=(0, 255))
-        if grid_rep is not None:
-            save_image_grid(grid_rep[:, :3].repeat_interleave(gw, 0), os.path.join(run_dir, "reps.png"), gw)
-        save_image_grid(generate_grid(G_ema, grid_z, grid_rep, batch_gpu), os.path.join(run_dir, "fakes_init.png"), gw)
+        if grid_cond is not None:
+            save_image_grid(grid_cond.rep[:, :3].repeat_interleave(gw, 0), os.path.join(run_dir, "reps.png"), gw)
+        save_image_grid(generate_grid(G_ema, grid_z, grid_cond, batch_gpu), os.path.join(run_dir, "fakes_init.png"),
+                        gw)  # fmt: skip
     resume_point = (cur_nimg, cur_tick - 1) if resume_state else None  # logs past it came from the killed run
     reporter = TickReporter(run_dir, stats, device, rank, resume_point=resume_point)
     guard = NonFiniteGuard(device)
 
-    def sample_conditions() -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fresh z [batch_gpu, z_dim] and rep(p) [batch_gpu, 9, R, R] of bank rows p (None for --no-cond)."""
+    def sample_conditions() -> tuple[torch.Tensor, Condition | None]:
+        """Fresh z [batch_gpu, z_dim] and the Condition of batch_gpu bank rows (None for an unconditional design)."""
         z = torch.randn([batch_gpu, config.z_dim], device=device, generator=rng)
-        if not config.cond:
-            return z, None
-        return z, rep_bank(torch.randint(len(p_bank), [batch_gpu], device=device, generator=rng))
+        return z, bank.sample(batch_gpu, rng) if bank is not None else None
 
     _log(rank, fast_paths.describe(config))
     _log(rank, f"Training for {config.kimg} kimg: batch {config.batch} = {world_size} process(es) x {num_rounds} "
@@ -146,8 +152,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         tick_done = done or cur_tick == 0 or cur_nimg >= tick_start_nimg + config.tick_kimg * 1000
         if tick_done and batch_idx > 0:
             tick_stats = reporter.tick(cur_tick=cur_tick, cur_nimg=cur_nimg, tick_start_nimg=tick_start_nimg,
-                          tick_start_time=tick_start_time, start_time=start_time, maintenance_time=maintenance_time,
-                          alpha=blend_alpha(cur_nimg, config.blend_kimg))  # fmt: skip
+                          tick_start_time=tick_start_time, start_time=start_time,
+                          maintenance_time=maintenance_time)  # fmt: skip
             guard.check(tick_stats, cur_tick, run_dir)  # a diverged run stops here, before its snapshot
 
             # Snapshot: fakes grid, network snapshot, training state, metrics (every config.snap ticks and at the end).
@@ -155,15 +161,13 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
             if done or cur_tick % config.snap == 0:
                 kimg_tag = snapshot.snapshot_tag(cur_nimg)
                 if rank == 0:
-                    fakes = generate_grid(G_ema, grid_z, grid_rep, batch_gpu)
+                    fakes = generate_grid(G_ema, grid_z, grid_cond, batch_gpu)
                     save_image_grid(fakes, os.path.join(run_dir, f"fakes{kimg_tag}.png"), gw)
                 _save_snapshot(run_dir, kimg_tag, G, D, G_ema, opt_G, opt_D, G_kwargs, D_kwargs, config,
                                counters=(cur_nimg, cur_tick, batch_idx), rng=rng, rank=rank, world_size=world_size)
-                if config.metrics:
-                    from training.metrics_hook import run_snapshot_metrics
-
-                    run_snapshot_metrics(config, G_ema, dataset, renderer, consistency, assets.recon_ckpt, run_dir,
-                                         kimg_tag, device, rank, world_size)  # fmt: skip
+                if snapshot_hook is not None:
+                    fr = consistency.reconstructor if consistency is not None else None
+                    snapshot_hook(G_ema, f"network-snapshot-{kimg_tag}.pt", bank, fr)  # collective
                 distributed.barrier()
             cur_tick += 1
             tick_start_nimg, tick_start_time = cur_nimg, time.time()
@@ -180,7 +184,6 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         batches = [next(loader)[0] for _ in range(num_rounds)]
         reporter.add_loader_wait(time.perf_counter() - wait_start)  # time the step waited for data
         reals = [images.to(device, non_blocking=True).float() / 127.5 - 1 for images in batches]
-        alpha = blend_alpha(cur_nimg, config.blend_kimg)  # eq. 6
         phases = [("Gmain", G, opt_G, 1), ("Dmain", D, opt_D, 1)]
         if config.gamma > 0 and batch_idx % config.d_reg_interval == 0:
             phases.append(("Dreg", D, opt_D, config.d_reg_interval))
@@ -188,8 +191,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
             opt.zero_grad(set_to_none=True)
             net.requires_grad_(True)
             for real in reals:
-                z, rep = sample_conditions() if phase != "Dreg" else (None, None)
-                loss.accumulate_gradients(phase, real, z, rep, alpha, gain)
+                z, cond = sample_conditions() if phase != "Dreg" else (None, None)
+                loss.accumulate_gradients(phase, real, z, cond, gain, cur_nimg)
             net.requires_grad_(False)
             guard.observe(distributed.average_gradients(net.parameters()), phase, batch_idx, cur_nimg)
             opt.step()
@@ -240,14 +243,13 @@ def _save_snapshot(run_dir: str, kimg_tag: str, G, D, G_ema, opt_G, opt_D, G_kwa
     Collective: every rank gathers its RNG states and compares parameters with the others before rank 0 writes.
     """
     cur_nimg, cur_tick, batch_idx = counters
+    rng_states = _gather_rng_states(rng, world_size)  # collective
+    divergence = max(distributed.max_param_divergence(m) for m in (G, D, G_ema))  # collective
+    if divergence > 0:  # checked before anything is written: a diverged run leaves no snapshot behind
+        raise RuntimeError(f"replicas diverged across ranks (max |diff| {divergence:g}): a bug")
     if rank == 0:
         snapshot.save_network_snapshot(os.path.join(run_dir, f"network-snapshot-{kimg_tag}.pt"), G_ema, G_kwargs,
                                        config.to_dict(), cur_nimg)  # fmt: skip
-    rng_states = _gather_rng_states(rng, world_size)  # collective
-    divergence = max(distributed.max_param_divergence(m) for m in (G, D, G_ema))  # collective
-    if divergence > 0:
-        raise RuntimeError(f"replicas diverged across ranks (max |diff| {divergence:g}): a bug")
-    if rank == 0:
         snapshot.save_training_state(
             os.path.join(run_dir, f"training-state-{kimg_tag}.pt"), G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D,
             G_kwargs=G_kwargs, D_kwargs=D_kwargs, config=config.to_dict(), cur_nimg=cur_nimg, cur_tick=cur_tick,

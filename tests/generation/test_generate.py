@@ -19,6 +19,7 @@ from generate import cli
 from generation import controlled as cg
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
+from training.condition import Condition
 from training.networks import Generator
 from training.rep import make_rep
 from training.resolve import build_renderer
@@ -236,10 +237,11 @@ def test_style_mix_matches_direct_computation(env, tmp_path) -> None:
     result = cg.style_mix_grid(s, [0, 1], [2], bank, cg.style_layers(G, "coarse"))
     z = lambda seed: torch.from_numpy(np.random.RandomState(seed).randn(1, 8).astype(np.float32))
     with torch.no_grad():
-        ws = G.mapping(z(1), truncation_psi=0.5)
-        ws[:, :4] = G.mapping(z(2), truncation_psi=0.5)[:, :4]
-        rep = make_rep(renderer, bank[[cg.p_index(1, NUM_LABELS)]], RES)
-        expected = G.synthesis(ws, G.features(rep), noise_mode="const")
+        p_a = bank[[cg.p_index(1, NUM_LABELS)]]
+        cond_a = Condition(p_a, make_rep(renderer, p_a, RES))
+        ws = G.mapping(z(1), cond_a, truncation_psi=0.5)
+        ws[:, :4] = G.mapping(z(2), cond_a, truncation_psi=0.5)[:, :4]
+        expected = G.synthesis(ws, cond_a, noise_mode="const")
     torch.testing.assert_close(result.cells.images[1:2], expected, atol=1e-5, rtol=0)
     assert (result.cells.images[1] - result.row_headers.images[1]).abs().max() > 1e-4  # the swap does something
 

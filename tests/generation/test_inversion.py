@@ -24,7 +24,8 @@ from generation import real_edit
 from generation.controlled import to_uint8
 from tests.conftest import write_image_dataset
 from torch_utils.errors import UserError
-from training.networks import Generator
+from training.condition import Condition
+from training.networks import Generator, SynthesisLayer
 from training.rep import make_rep
 from training.resolve import build_reconstructor, build_renderer
 from training.run.snapshot import load_network, save_network_snapshot
@@ -43,7 +44,7 @@ def _snapshot(path: str, assets: dict, seed: int, w_dim: int = 16) -> str:
             if name.endswith("noise_strength"):
                 param.fill_(0.02)
         for layer in G.synthesis.modules():  # injected-feature weights start at 0; a trained G uses rep(p)
-            if getattr(layer, "feat_channels", 0):
+            if isinstance(layer, SynthesisLayer) and layer.feat_channels:
                 layer.weight[:, layer.in_channels :].normal_()
     save_network_snapshot(path, G, kwargs, dict(assets, cond=True, render_backend="torch", recon_backbone=None), 0)
     return path
@@ -78,7 +79,7 @@ def env(tmp_path_factory):
     p[0, COEFF_SLICES["angle"]] = torch.tensor([0.1, 0.3, 0.0])
     z = torch.from_numpy(np.random.RandomState(7).randn(1, 8).astype(np.float32))
     with torch.no_grad():
-        target = G(z, make_rep(renderer, p, RES), noise_mode="const")[0]
+        target = G(z, Condition(p, make_rep(renderer, p, RES)), noise_mode="const")[0]
     photos = root / "photos"
     photos.mkdir()
     PIL.Image.fromarray(to_uint8(target)).save(photos / "gen.png")
@@ -108,8 +109,9 @@ def test_explicit_noise_maps_leave_G_untouched(env) -> None:
     G = env["G"]
     own = {k: v.clone() for k, v in inv.noise_buffers(G).items()}
     assert own  # every synthesis conv has a noise map with non-zero strength
-    ws = G.mapping(torch.randn(2, 8))
-    feats = G.features(make_rep(env["renderer"], env["p"][None].repeat(2, 1), RES))
+    p = env["p"][None].repeat(2, 1)
+    feats = Condition(p, make_rep(env["renderer"], p, RES))
+    ws = G.mapping(torch.randn(2, 8), feats)
     ref = G.synthesis(ws, feats, noise_mode="const")
     torch.testing.assert_close(inv.synthesize(G, ws, feats, own), ref, rtol=0, atol=0)
     other = inv.synthesize(G, ws, feats, {k: torch.randn_like(v) for k, v in own.items()})

@@ -75,7 +75,7 @@ def env(tmp_path_factory):
 def _studio(env, outdir, network: str = "cond") -> st.Studio:
     G = load_network(env[network])
     cpu = torch.device("cpu")
-    if not G.is_conditional:
+    if not G.needs:
         return st.Studio(G, None, None, cpu, env[network], str(outdir))
     renderer = build_renderer(env["bfm"], "torch", cpu)
     return st.Studio(G, renderer, cg.load_p_bank(env["data"]), cpu, env[network], str(outdir),
@@ -296,7 +296,7 @@ def test_unconditional_studio(env, tmp_path) -> None:
     assert view.p is None and view.render is None and view.image.shape == (RES, RES, 3)
     G = load_network(env["uncond"])
     with torch.no_grad():
-        expected = cg.to_uint8(G.synthesis(G.mapping(cg.seed_z([4], 8)), None, noise_mode="const")[0])
+        expected = cg.to_uint8(G.synthesis(G.mapping(cg.seed_z([4], 8), None), None, noise_mode="const")[0])
     np.testing.assert_array_equal(view.image, expected)
     with pytest.raises(UserError, match="unconditional"):
         studio.face_from_bank("seed", 0)

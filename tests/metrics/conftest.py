@@ -13,6 +13,7 @@ import torch
 
 from metrics.context import COEFF_SLICES, MetricContext
 from metrics.features import RandomFeatureExtractor
+from training.condition import ConditionBank
 
 RES = 16
 SCALE = 4.0
@@ -35,15 +36,15 @@ class OracleGenerator(torch.nn.Module):
 
     def __init__(self, leak: float = 0.0, z_dim: int = 4, z_leak: float = 0.0, noise_leak: float = 0.0):
         super().__init__()
-        self.z_dim, self.img_resolution, self.is_conditional, self.leak = z_dim, RES, True, leak
+        self.z_dim, self.img_resolution, self.needs, self.leak = z_dim, RES, ("rep",), leak
         self.z_leak, self.noise_leak = z_leak, noise_leak
         gen = torch.Generator().manual_seed(1)
         self.register_buffer("wz", torch.randn(z_dim, 3 * RES * RES - 257, generator=gen))
         self.register_buffer("wz_id", torch.randn(z_dim, 80, generator=gen))
         self.register_buffer("noise_const", torch.randn(3 * RES * RES, generator=gen))
 
-    def forward(self, z, rep=None, truncation_psi=1, noise_mode="const"):
-        flat = rep.flatten(1)[:, : 3 * RES * RES].clone()
+    def forward(self, z, cond=None, truncation_psi=1, noise_mode="const"):
+        flat = cond.rep.flatten(1)[:, : 3 * RES * RES].clone()
         ids, exps = COEFF_SLICES["id"], COEFF_SLICES["exp"]
         flat[:, ids.start : ids.start + 64] += self.leak * flat[:, exps]
         flat[:, ids] += self.z_leak * torch.tanh(z @ self.wz_id)
@@ -69,6 +70,17 @@ class OracleFR(torch.nn.Module):
 
     def forward(self, img):
         return img.flatten(1)[:, :257] * SCALE + self.noise * torch.sin(30 * img.flatten(1) @ self.mix)
+
+
+class CodeBank(ConditionBank):
+    """ConditionBank whose rep(p) is the invertible code `make_rep` above (what the stand-in G and FR read)."""
+
+    def __init__(self, p_bank: np.ndarray, cache_mb: float = 0.0, code=None) -> None:
+        self.code = code or make_rep
+        super().__init__(p_bank, torch.nn.Identity(), RES, cache_mb=cache_mb)  # Identity: "can render"
+
+    def render(self, p: torch.Tensor) -> torch.Tensor:
+        return self.code(p)
 
 
 class ListDataset:
@@ -99,6 +111,7 @@ def standins():
         "FR": OracleFR,
         "Dataset": ListDataset,
         "make_rep": make_rep,
+        "CodeBank": CodeBank,
         "bank": random_bank,
         "RES": RES,
     }
@@ -116,9 +129,8 @@ def make_ctx(tmp_path):
         kwargs = dict(
             G=OracleGenerator(leak, z_leak=z_leak, noise_leak=noise_leak),
             dataset=ListDataset(images, bank[:num_images] if num_images <= 64 else random_bank(num_images)),
-            p_bank=bank,
+            bank=CodeBank(bank),
             reconstructor=OracleFR(fr_noise),
-            make_rep=make_rep,
             batch_size=8,
             cache_dir=str(tmp_path / "cache"),
             feature_extractor_factory=lambda device: RandomFeatureExtractor(8, seed=0, device=device),

@@ -19,8 +19,8 @@ def test_oracle_pipeline_is_perfectly_consistent(make_ctx):
 def test_leaky_pipeline_errors_only_on_identity_and_match_direct_mse(make_ctx, standins):
     ctx = make_ctx(leak=0.25, batch_size=6)
     result = compute_consistency(ctx, num_samples=15)
-    _z, idx = sample_latents_and_labels(range(15), ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
-    p = ctx.p_bank[idx].astype(np.float64)
+    _z, idx = sample_latents_and_labels(range(15), ctx.G.z_dim, len(ctx.bank), ctx.seed)
+    p = ctx.bank.labels[idx].astype(np.float64)
     id_hat = p[:, :80].copy()
     id_hat[:, :64] += 0.25 * p[:, 80:144]  # what the stand-in leaks into the identity code
     assert result["cons_id"] == pytest.approx(((id_hat - p[:, :80]) ** 2).mean(), rel=1e-5)
@@ -39,26 +39,25 @@ def test_simulated_ranks_give_the_same_consistency(make_ctx):
     assert combined == pytest.approx(single["cons_id"], rel=1e-6)
 
 
-def test_bank_rep_replaces_the_render_of_bank_rows(make_ctx, standins):
-    """With bank_rep (pre-rendered bank rows, as training.rep.RepBank) the result is the same and make_rep only
-    renders FR's estimates; a bank_rep that returns other rows changes it, so the hook is what G sees."""
+def test_cached_bank_replaces_the_render_of_bank_rows(make_ctx, standins):
+    """A bank with its rows pre-rendered (the training loop's rep_cache_mb) gives the same result, and only FR's
+    estimates are rendered; a cache that holds other rows changes it, so the bank's rep is what G sees."""
     calls = []
 
-    def counting_make_rep(p: torch.Tensor) -> torch.Tensor:
+    def counting_code(p: torch.Tensor) -> torch.Tensor:
         calls.append(len(p))
         return standins["make_rep"](p)
 
-    plain = compute_consistency(make_ctx(leak=0.3, make_rep=counting_make_rep), num_samples=20)
+    labels = make_ctx().bank.labels
+    plain = compute_consistency(make_ctx(leak=0.3, bank=standins["CodeBank"](labels, code=counting_code)),
+                                num_samples=20)  # fmt: skip
     rendered_plain, calls[:] = sum(calls), []
-    bank = make_ctx().p_bank
-    rows = standins["make_rep"](torch.as_tensor(bank))  # every bank row rendered once
-
-    def bank_rep(index: torch.Tensor) -> torch.Tensor:
-        return rows[index]
-
-    hooked = compute_consistency(make_ctx(leak=0.3, make_rep=counting_make_rep, bank_rep=bank_rep), num_samples=20)
+    cached_bank = standins["CodeBank"](labels, cache_mb=10, code=counting_code)
+    assert cached_bank.cached is not None and sum(calls) == len(labels)  # every bank row rendered once
+    calls[:] = []
+    hooked = compute_consistency(make_ctx(leak=0.3, bank=cached_bank), num_samples=20)
     assert hooked == pytest.approx(plain, rel=1e-6)
     assert rendered_plain == 40 and sum(calls) == 20  # p and p_hat per sample, then p_hat only
-    shifted = compute_consistency(make_ctx(leak=0.3, bank_rep=lambda index: rows[(index + 1) % len(rows)]),
-                                  num_samples=20)
+    cached_bank.cached = cached_bank.cached.roll(1, dims=0)  # the cache now holds the previous row's rep
+    shifted = compute_consistency(make_ctx(leak=0.3, bank=cached_bank), num_samples=20)
     assert shifted["cons_id"] != pytest.approx(plain["cons_id"], rel=1e-3)

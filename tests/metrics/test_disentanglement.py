@@ -32,10 +32,10 @@ def test_driver_equals_the_definition_on_the_sampled_sets_for_an_oracle_pipeline
     ctx = make_ctx(batch_size=7)
     spec = DS_VARIANTS[variant]
     estimated = {
-        f: np.stack([sample_ds_set(ctx.p_bank, f, k, 4, ctx.G.z_dim, ctx.seed)[0] for k in range(5)])
+        f: np.stack([sample_ds_set(ctx.bank.labels, f, k, 4, ctx.G.z_dim, ctx.seed)[0] for k in range(5)])
         for f in spec.factors
     }
-    expected = disentanglement_score(estimated, ctx.p_bank, spec)
+    expected = disentanglement_score(estimated, ctx.bank.labels, spec)
     got = compute_ds(ctx, num_sets=5, samples_per_set=4, quantize=False, variant=variant)
     assert set(got) == set(expected)
     for key, value in expected.items():
@@ -70,8 +70,8 @@ def test_z_and_noise_are_fixed_within_a_set(make_ctx, leak, variant):
     assert result["sigma_exp_exp"] > 0
     # Control: the same generator with z / noise resampled per image does move the identity.
     z = np.random.default_rng(0).standard_normal((5, ctx.G.z_dim)).astype(np.float32)
-    p = np.repeat(ctx.p_bank[:1], 5, axis=0)
-    img = run_generator(ctx, z, p, noise_mode="random")
+    p = np.repeat(ctx.bank.labels[:1], 5, axis=0)
+    img = run_generator(ctx, z, ctx.condition_of(p), noise_mode="random")
     id_codes = ctx.reconstructor(img).detach().numpy()[:, :80]
     assert id_codes.std(axis=0).max() > 1e-3
 
@@ -99,6 +99,6 @@ def test_ds_reports_progress_in_images(make_ctx):
 
 def test_ds_rejects_unconditional_generators(make_ctx):
     ctx = make_ctx()
-    ctx.G.is_conditional = False
+    ctx.G.needs = ()
     with pytest.raises(ValueError, match="conditioned"):
         compute_ds(ctx, num_sets=2, samples_per_set=2)

@@ -104,7 +104,7 @@ def test_fid_and_kid_share_one_real_pass_and_one_generation_pass(make_ctx, tmp_p
     ctx = _counting_ctx(make_ctx, data, noise_leak=0.3)
     calls = []
     forward = ctx.G.forward
-    ctx.G.forward = lambda z, **kw: calls.append(len(z)) or forward(z, **kw)
+    ctx.G.forward = lambda z, cond, **kw: calls.append(len(z)) or forward(z, cond, **kw)
     messages = []
     files_now = lambda: len(os.listdir(ctx.cache_dir)) if os.path.isdir(ctx.cache_dir) else 0
     ctx.log = lambda line: messages.append((line, files_now()))

@@ -13,6 +13,7 @@ from metrics.context import sample_latents_and_labels
 from metrics.feature_stats import FeatureStats, compute_generator_stats, compute_real_stats
 from metrics.features import images_to_uint8
 from metrics.fid import compute_fid, frechet_distance
+from training.condition import Condition
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero():
@@ -93,8 +94,9 @@ def test_real_stats_equal_direct_extraction_and_split_across_ranks(make_ctx):
 def test_generator_stats_match_per_sample_generation_for_any_batch_size_and_rank_split(make_ctx, standins):
     ctx = make_ctx(batch_size=5)
     extractor = ctx.feature_extractor_factory(ctx.device)
-    z, idx = sample_latents_and_labels(range(13), ctx.G.z_dim, len(ctx.p_bank), ctx.seed)
-    img = ctx.G(torch.as_tensor(z), rep=standins["make_rep"](torch.as_tensor(ctx.p_bank[idx])))
+    z, idx = sample_latents_and_labels(range(13), ctx.G.z_dim, len(ctx.bank), ctx.seed)
+    p = torch.as_tensor(ctx.bank.labels[idx])
+    img = ctx.G(torch.as_tensor(z), Condition(p, standins["make_rep"](p)))
     feats = extractor(images_to_uint8(img)).numpy()
     stats = compute_generator_stats(ctx, extractor, 13)
     np.testing.assert_allclose(stats.s1 / stats.n, feats.mean(0), rtol=1e-10)

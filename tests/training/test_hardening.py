@@ -25,7 +25,7 @@ from training.run.nonfinite import NonFiniteGuard, TrainingDiverged
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(cfg="test", z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16, num_fp16_res=0,
-            mbstd_group=2, batch=4, ema_kimg=0.01, ema_rampup=0.05, tick_kimg=0.008, snap=1, workers=0, cond=False,
+            mbstd_group=2, batch=4, ema_kimg=0.01, ema_rampup=0.05, tick_kimg=0.008, snap=1, workers=0, design="uncond",
             gamma=1.0, d_reg_interval=2, device="cpu")  # fmt: skip
 
 
@@ -203,7 +203,7 @@ def test_resume_hides_the_interrupted_runs_later_tensorboard_ticks(tmp_path):
         for tick, nimg in enumerate(nimgs, start=first_tick):
             stats.report("Loss/G/loss", loss)
             reporter.tick(cur_tick=tick, cur_nimg=nimg, tick_start_nimg=nimg - 4, tick_start_time=0.0,
-                          start_time=0.0, maintenance_time=0.0, alpha=0.0)  # fmt: skip
+                          start_time=0.0, maintenance_time=0.0)  # fmt: skip
         reporter.close()
 
     ticks(None, 0, [4, 12, 20, 28], loss=1.0)  # killed after its state at tick 1 (12 images) was saved

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import rep_cond
 from torch_utils.errors import UserError
-from training.encoder import BottleneckBlock, RenderEncoder
 from training.discriminator import Discriminator, MinibatchStdLayer
+from training.encoder import BottleneckBlock, RenderEncoder
 from training.networks import Generator, MappingNetwork, SynthesisLayer, SynthesisNetwork
 
 TINY_SYN = dict(channel_base=128, channel_max=8)
@@ -40,13 +41,13 @@ def count_params(module: torch.nn.Module) -> int:
 
 def test_unconditional_shapes_and_num_ws() -> None:
     G = tiny_generator(16, conditional=False)
-    assert G.num_ws == 2 * 4 - 2 and not G.is_conditional and G.encoder is None
+    assert G.num_ws == 2 * 4 - 2 and G.needs == () and G.cond_kind == "none" and G.synthesis.encoder is None
     img = G(torch.randn(2, 8))
     assert img.shape == (2, 3, 16, 16) and img.dtype == torch.float32 and torch.isfinite(img).all()
     D = Discriminator(16, **TINY_SYN, mbstd_group_size=2)
     assert D(img).shape == (2, 1)
     with pytest.raises(UserError):
-        G(torch.randn(2, 8), rep=torch.zeros(2, 9, 16, 16))
+        G(torch.randn(2, 8), rep_cond(torch.zeros(2, 9, 16, 16)))
 
 
 @pytest.mark.parametrize("res", [16, 32])
@@ -54,11 +55,12 @@ def test_conditional_shapes_and_feats_match_synthesis(res: int) -> None:
     G = tiny_generator(res)
     syn = G.synthesis
     rep = torch.rand(2, 9, res, res) * 2 - 1
-    feats = G.features(rep)
+    feats = syn.injected_features(rep_cond(rep))
+    assert G.needs == ("rep",) and G.cond_kind == "inject"
     assert len(feats) == syn.num_conv_layers == 2 * int(np.log2(res)) - 3
     for f, c, r in zip(feats, syn.feat_layer_channels, syn.feat_resolutions):
         assert f.shape == (2, c, r, r)
-    assert G(torch.randn(2, 8), rep).shape == (2, 3, res, res)
+    assert G(torch.randn(2, 8), rep_cond(rep)).shape == (2, 3, res, res)
     with pytest.raises(UserError):
         G(torch.randn(2, 8))  # a conditional G needs rep
 
@@ -71,9 +73,10 @@ def test_256_layout_num_ws_and_feats() -> None:
     assert G.synthesis.layer_resolutions == [4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128, 256, 256]
     assert G.synthesis.feat_resolutions == [4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128, 256]
     with torch.no_grad():
-        feats = G.features(torch.zeros(1, 9, 256, 256))
+        cond = rep_cond(torch.zeros(1, 9, 256, 256))
+        feats = G.synthesis.injected_features(cond)
         assert [f.shape[-1] for f in feats] == G.synthesis.feat_resolutions
-        assert G(torch.randn(1, 4), torch.zeros(1, 9, 256, 256)).shape == (1, 3, 256, 256)
+        assert G(torch.randn(1, 4), cond).shape == (1, 3, 256, 256)
 
 
 def test_paper256_parameter_counts() -> None:
@@ -154,7 +157,7 @@ def test_noise_modes() -> None:
     for p in G.synthesis.parameters():
         if p.ndim == 0:  # noise_strength: make noise visible
             p.data.fill_(0.5)
-    z, rep = torch.randn(2, 8), torch.rand(2, 9, 16, 16) * 2 - 1
+    z, rep = torch.randn(2, 8), rep_cond(torch.rand(2, 9, 16, 16) * 2 - 1)
     with torch.no_grad():
         a, b = G(z, rep, noise_mode="const"), G(z, rep, noise_mode="const")
         c, d = G(z, rep, noise_mode="random"), G(z, rep, noise_mode="none")
@@ -284,13 +287,13 @@ def test_dependence_on_c_is_independent_of_w_and_affine() -> None:
 def test_features_change_the_image_and_train() -> None:
     G = tiny_generator(16)
     z = torch.randn(2, 8)
-    rep1, rep2 = torch.rand(2, 9, 16, 16) * 2 - 1, torch.rand(2, 9, 16, 16) * 2 - 1
+    rep1, rep2 = rep_cond(torch.rand(2, 9, 16, 16) * 2 - 1), rep_cond(torch.rand(2, 9, 16, 16) * 2 - 1)
     img1 = G(z, rep1, noise_mode="const")
     with torch.no_grad():
         assert not torch.allclose(img1, G(z, rep2, noise_mode="const"))
     img1.square().sum().backward()
-    assert G.encoder.b16.transition.weight.grad.abs().sum() > 0
-    assert G.encoder.b4.res1.conv2.weight.grad.abs().sum() > 0  # zero-init convs still receive gradient
+    assert G.synthesis.encoder.b16.transition.weight.grad.abs().sum() > 0
+    assert G.synthesis.encoder.b4.res1.conv2.weight.grad.abs().sum() > 0  # zero-init convs still receive gradient
 
 
 # ---------------------------------------------------------------------------------------------------------------

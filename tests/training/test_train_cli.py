@@ -31,7 +31,7 @@ def invoke(*args: str):
         (["--data", "/does/not/exist.zip", "--no-cond"], "--data path does not exist"),
         (["--gpus", "3", "--batch", "64", "--no-cond", "--data", "{data}"], "--batch=64 must be a positive multiple"),
         (["--batch-gpu", "3", "--no-cond", "--data", "{data}"], "--batch-gpu=3 must divide the per-GPU batch 64"),
-        (["--data", "{data}"], "the conditional method needs --bfm"),
+        (["--data", "{data}"], "design method needs --bfm"),
         (["--resume", "latest", "--outdir", "{tmp}"], "no run in"),
         (["--gamma", "-1"], "-1"),
         (["--batch-gpu", "4", "--no-cond", "--data", "{data}"], "multiple of the minibatch-stddev group 8"),
@@ -49,9 +49,9 @@ def test_dry_run_prints_resolved_config(data, tmp_path):
     result = invoke("--cfg", "paper256", "--data", data, "--no-cond", "--gamma", "2", "--outdir", str(tmp_path), "-n")
     assert result.exit_code == 0, result.output
     config = json.loads(result.output[: result.output.index("Output directory")])
-    assert config["gamma"] == 2 and config["cond"] is False and config["resolution"] == 8
+    assert config["gamma"] == 2 and config["design"] == "uncond" and config["resolution"] == 8
     assert config["map_layers"] == 2 and config["z_dim"] == 64 and config["mbstd_group"] == 8  # paper appendix A
-    assert "00000-paper256-d-gpus1-batch64-gamma2-nocond" in result.output
+    assert "00000-paper256-d-gpus1-batch64-gamma2-uncond" in result.output
     assert not list(tmp_path.glob("0*"))  # dry run creates nothing
 
 
@@ -104,7 +104,7 @@ def test_builtin_assets_stay_unresolved_in_the_saved_config(tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     config = json.loads(result.output[result.output.index("{"): result.output.index("Output directory")])
     assert config["data"] is None and config["bfm"] is None and config["recon_ckpt"] is None
-    assert config["resolution"] == 16 and config["cond"] is True
+    assert config["resolution"] == 16 and config["design"] == "method"
     from deep3drecon import assets
     from training.resolve import resolve_assets
 

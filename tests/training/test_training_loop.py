@@ -16,7 +16,7 @@ from training.run import snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(cfg="test", z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16, num_fp16_res=0,
-            mbstd_group=2, batch=4, ema_kimg=0.01, ema_rampup=0.05, tick_kimg=0.008, snap=1, workers=0, cond=False,
+            mbstd_group=2, batch=4, ema_kimg=0.01, ema_rampup=0.05, tick_kimg=0.008, snap=1, workers=0, design="uncond",
             gamma=1.0, d_reg_interval=2, device="cpu")
 
 
@@ -95,7 +95,7 @@ def worker(rank, init_file, out_file):
     reals = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     loss = GANLoss(None, D, StatsCollector())
     D.requires_grad_(True)
-    loss.accumulate_gradients("Dreg", reals[rank * 4:(rank + 1) * 4], None, None, 1.0, 16)
+    loss.accumulate_gradients("Dreg", reals[rank * 4:(rank + 1) * 4], None, None, 16, 0)
     distributed.average_gradients(D.parameters())
     if rank == 0:
         torch.save({n: p.grad for n, p in D.named_parameters()}, out_file)
@@ -127,7 +127,7 @@ def test_two_process_gradient_average_equals_single_process(tmp_path):
     D = Discriminator(img_resolution=8, channel_base=128, channel_max=16, num_fp16_res=0, mbstd_group_size=1)
     reals = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     D.requires_grad_(True)
-    GANLoss(None, D, StatsCollector()).accumulate_gradients("Dreg", reals, None, None, 1.0, 16)
+    GANLoss(None, D, StatsCollector()).accumulate_gradients("Dreg", reals, None, None, 16, 0)
     for name, p in D.named_parameters():
         torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -140,7 +140,7 @@ def test_train_cli_two_process_gloo_run(tmp_path, dataset_path):
                  "--outdir", str(tmp_path / "runs")], cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     (run_dir,) = os.listdir(tmp_path / "runs")
-    assert run_dir == "00000-tiny-tiny-gpus2-batch4-gamma1-nocond"
+    assert run_dir == "00000-tiny-tiny-gpus2-batch4-gamma1-uncond"
     state = torch.load(snapshot.latest_training_state(str(tmp_path / "runs" / run_dir)), weights_only=True)
     # Snapshots are only written after the loop checked that replicas are bitwise identical across ranks.
     assert state["cur_nimg"] == 16 and state["config"]["gpus"] == 2

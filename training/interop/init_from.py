@@ -82,6 +82,8 @@ def _injected_columns(module: torch.nn.Module, name: str, target: torch.Tensor, 
 def copy_matching(module: torch.nn.Module, source: dict[str, torch.Tensor] | None, network: str) -> list[TensorRow]:
     """Copy into `module` (in place, parameters keep their identity) every source tensor matching name and shape."""
     source = source or {}
+    if hasattr(module, "upgrade_state_dict"):  # a snapshot written before E moved into the synthesis network
+        source = module.upgrade_state_dict(source)
     rows = []
     for name, tensor in module.state_dict().items():  # detached views sharing storage with the module
         src = source.get(name)

@@ -14,6 +14,7 @@ import PIL.Image
 import torch
 
 from torch_utils.misc import quantize_uint8
+from training.condition import Condition
 
 GRID_COLS, GRID_ROWS = 8, 8
 MIN_CELL_PX = 96
@@ -47,12 +48,12 @@ def grid_size(resolution: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def generate_grid(G: torch.nn.Module, z: torch.Tensor, rep: torch.Tensor | None, batch: int) -> torch.Tensor:
-    """Fakes for a grid: z [gw, z_dim] per column, rep [gh, 9, R, R] per row -> [gh * gw, 3, R, R] in [-1, 1]."""
-    gw, gh = z.shape[0], (rep.shape[0] if rep is not None else 1)
+def generate_grid(G: torch.nn.Module, z: torch.Tensor, cond: Condition | None, batch: int) -> torch.Tensor:
+    """Fakes for a grid: z [gw, z_dim] per column, cond of gh rows per row -> [gh * gw, 3, R, R] in [-1, 1]."""
+    gw, gh = z.shape[0], (len(cond) if cond is not None else 1)
     zs = z.repeat(gh, 1)
-    reps = rep.repeat_interleave(gw, dim=0) if rep is not None else None
+    conds = cond.repeat_interleave(gw) if cond is not None else None
     out = []
     for i in range(0, zs.shape[0], batch):
-        out.append(G(zs[i : i + batch], reps[i : i + batch] if reps is not None else None, noise_mode="const").cpu())
+        out.append(G(zs[i : i + batch], conds[i : i + batch] if conds is not None else None, noise_mode="const").cpu())
     return torch.cat(out)

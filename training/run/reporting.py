@@ -84,7 +84,7 @@ class TickReporter:
         self.loader_wait += seconds
 
     def tick(self, *, cur_tick: int, cur_nimg: int, tick_start_nimg: int, tick_start_time: float, start_time: float,
-             maintenance_time: float, alpha: float) -> dict[str, dict[str, float]]:
+             maintenance_time: float) -> dict[str, dict[str, float]]:
         """Report one finished tick (collective: every rank calls it); returns the tick's statistics."""
         tick_end_time = time.time()
         sec_per_tick = tick_end_time - tick_start_time
@@ -93,7 +93,7 @@ class TickReporter:
         cpumem = cpu_memory_gb()
         loader_wait, self.loader_wait = self.loader_wait, 0.0
         for name, value in (("Progress/tick", cur_tick), ("Progress/kimg", cur_nimg / 1000),
-                            ("Progress/alpha", alpha), ("Timing/total_sec", tick_end_time - start_time),
+                            ("Timing/total_sec", tick_end_time - start_time),
                             ("Timing/sec_per_tick", sec_per_tick), ("Timing/sec_per_kimg", sec_per_kimg),
                             ("Timing/maintenance_sec", maintenance_time), ("Resources/cpu_mem_gb", cpumem),
                             ("Resources/peak_gpu_mem_gb", gpumem), ("Timing/loader_wait_sec", loader_wait),
@@ -103,12 +103,15 @@ class TickReporter:
         if self.rank != 0:
             return tick_stats
         mean = lambda name: tick_stats.get(name, {}).get("mean", float("nan"))
+        # Terms a design does not compute (alpha and cons without a consistency loss) are left out, not shown as nan.
+        optional = [f"{label} {mean(name):{fmt}}" for label, name, fmt in (
+            ("alpha", "Progress/alpha", ".3f"), ("cons", "Loss/G/consistency", ".4f")) if name in tick_stats]
         print(" ".join([
             f"tick {cur_tick:<5d}", f"kimg {cur_nimg / 1000:<8.1f}",
             f"time {format_time(tick_end_time - start_time):<12s}", f"sec/tick {sec_per_tick:<7.1f}",
             f"sec/kimg {sec_per_kimg:<7.2f}", f"maint {maintenance_time:<5.1f}", f"wait {loader_wait:<5.1f}",
-            f"cpumem {cpumem:<5.2f}", f"gpumem {gpumem:<5.2f}", f"alpha {alpha:.3f}", f"G {mean('Loss/G/loss'):.3f}",
-            f"D {mean('Loss/D/loss'):.3f}", f"cons {mean('Loss/G/consistency'):.4f}"]), flush=True)  # fmt: skip
+            f"cpumem {cpumem:<5.2f}", f"gpumem {gpumem:<5.2f}", f"G {mean('Loss/G/loss'):.3f}",
+            f"D {mean('Loss/D/loss'):.3f}", *optional]), flush=True)  # fmt: skip
         self.stats_file.write(json.dumps(dict(tick_stats, timestamp=time.time())) + "\n")
         self.stats_file.flush()
         if self.writer is not None:

@@ -268,7 +268,13 @@ def safe_load(path: str) -> dict[str, Any]:
 
 
 def load_state_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: str) -> None:
-    """module.load_state_dict(state) after checking names and shapes; a mismatch is one line naming a tensor."""
+    """module.load_state_dict(state) after checking names and shapes; a mismatch is one line naming a tensor.
+
+    A module that renamed its tensors since older files were written says how (`upgrade_state_dict`, e.g. the
+    Generator since E moved into its synthesis network); such files load as they did.
+    """
+    if hasattr(module, "upgrade_state_dict"):
+        state = module.upgrade_state_dict(state)
     problems = describe_state_dict_mismatch(module.state_dict(), state)
     if problems:
         raise UserError(f"snapshot {path}: the {what} weights do not fit the network its config builds: {problems}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import run_training_loop, write_image_dataset
+from tests.conftest import rep_cond, run_training_loop, write_image_dataset
 from tests.training.interop.nvidia_fixtures import randomize, tiny_networks, write_nvidia_pickle
 from tests.training.test_training_loop import tiny_config
 from torch_utils.errors import UserError
@@ -26,7 +26,7 @@ from training.run import snapshot
 from training.run.grids import upscale_factor
 
 R = 16
-COND = dict(cfg="test", render_backend="torch", cond=True, z_dim=8, w_dim=16, channel_base=128, channel_max=16,
+COND = dict(cfg="test", render_backend="torch", design="method", z_dim=8, w_dim=16, channel_base=128, channel_max=16,
             num_fp16_res=0, mbstd_group=2, batch=4, tick_kimg=0.008, snap=1, workers=0, ema_kimg=0.01,
             enc_channel_base=64, enc_channel_max=8, enc_feat_channels=2, blend_kimg=0.016, lambda_cons=20.0,
             device="cpu")  # fmt: skip
@@ -39,7 +39,7 @@ def fresh_networks(config: TrainConfig) -> tuple[Generator, Discriminator, Gener
 
 def unconditional_snapshot(path: str, config: TrainConfig, seed: int = 5) -> Generator:
     """A trained-looking unconditional G_ema of the same backbone as `config`, saved as a network snapshot."""
-    kwargs = generator_kwargs(dataclass_replace(config, cond=False), R)
+    kwargs = generator_kwargs(dataclass_replace(config, design="uncond"), R)
     torch.manual_seed(seed)
     G = randomize(Generator(**kwargs), seed).eval()
     snapshot.save_network_snapshot(path, G, kwargs, {}, cur_nimg=1000)
@@ -58,27 +58,27 @@ def test_conditional_g_from_unconditional_snapshot_draws_the_source_image_for_an
     messages = []
     rows = init_networks(str(tmp_path / "uncond.pt"), G, D, G_ema, log=messages.append)
     status = {(r.network, r.name): r.status for r in rows}
-    assert all(s == "new" for (net, name), s in status.items() if name.startswith("encoder."))
+    assert all(s == "new" for (net, name), s in status.items() if name.startswith("synthesis.encoder."))
     partial = sorted(name for (net, name), s in status.items() if net == "G" and s == "partial")
     assert partial == sorted(f"synthesis.b{r}.{conv}.weight" for r in (4, 8, 16) for conv in ("conv0", "conv1")
                              if (r, conv) != (4, "conv0"))  # every conv that takes injected features
     assert all(status[("D", name)] == "new" for name in D.state_dict())  # a network snapshot holds no D
     assert not any(s == "skipped" for s in status.values())
     report = messages[0]
-    assert "new in G (not in the source; fresh initialisation): encoder.*" in report
+    assert "new in G (not in the source; fresh initialisation): synthesis.encoder.*" in report
     assert "new in D (the source has none" in report and "G<-G_ema" in report
 
     z = torch.randn(4, config.z_dim, generator=torch.Generator().manual_seed(1))
     reps = [torch.rand(4, 9, R, R, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (2, 3)]
     expected = src(z, noise_mode="const")
     for net in (G_ema, G.eval()):
-        images = [net(z, rep, noise_mode="const") for rep in reps]
+        images = [net(z, rep_cond(rep), noise_mode="const") for rep in reps]
         assert torch.equal(images[0], images[1])  # the injected features start switched off (zero columns)
         # Same sums plus exact zero terms: equal up to the conv's float32 summation order (CPU conv kernels sum
         # C_in and C_in + F channels in different blocks); in float64 the difference vanishes to rounding.
         torch.testing.assert_close(images[0], expected, rtol=1e-5, atol=1e-5)
     src64, G64 = copy.deepcopy(src).double(), copy.deepcopy(G_ema).double()
-    torch.testing.assert_close(G64(z.double(), reps[0].double(), noise_mode="const"),
+    torch.testing.assert_close(G64(z.double(), rep_cond(reps[0].double()), noise_mode="const"),
                                src64(z.double(), noise_mode="const"), rtol=0, atol=1e-12)
     assert torch.equal(G.mapping.fc0.weight, src.mapping.fc0.weight)
     assert [id(p) for p in G.parameters()] == params_before  # copied in place: optimizers built earlier stay valid
@@ -89,7 +89,7 @@ def test_skipped_and_unused_tensors_are_listed(tmp_path):
     G_src, D_src, G_ema_src, G_kwargs, D_kwargs = tiny_networks(resolution=R, z_dim=4, map_layers=3)
     pkl = str(tmp_path / "ffhq.pkl")
     write_nvidia_pickle(pkl, str(tmp_path / "marker"), dict(G=G_src, D=D_src, G_ema=G_ema_src), G_kwargs, D_kwargs)
-    config = TrainConfig(**dict(COND, cond=False, mbstd_group=2), data="unused")
+    config = TrainConfig(**dict(COND, design="uncond", mbstd_group=2), data="unused")
     G, D, G_ema = fresh_networks(config)
     fc0_before = G.mapping.fc0.weight.detach().clone()
     messages = []
@@ -175,7 +175,7 @@ def test_train_cli_conditional_run_from_unconditional_snapshot(tmp_path, face_as
     G = snapshot.load_network(str(next(run.glob("network-snapshot-*.pt"))))
     z = torch.randn(2, config.z_dim)
     rep1, rep2 = (torch.rand(2, 9, R, R, generator=torch.Generator().manual_seed(s)) * 2 - 1 for s in (1, 2))
-    assert not torch.equal(G(z, rep1, noise_mode="const"), G(z, rep2, noise_mode="const"))
+    assert not torch.equal(G(z, rep_cond(rep1), noise_mode="const"), G(z, rep_cond(rep2), noise_mode="const"))
 
 
 def test_train_cli_init_from_errors_are_one_line(tmp_path, face_assets):

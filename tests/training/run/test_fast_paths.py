@@ -13,8 +13,10 @@ from deep3drecon.recon_net import ReconNet
 from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model
+from tests.conftest import rep_cond
 from torch_utils.errors import UserError
 from torch_utils.training_stats import StatsCollector
+from training.condition import ConditionBank
 from training.config import TrainConfig, validate
 from training.consistency import ConsistencyLoss
 from training.discriminator import Discriminator
@@ -77,7 +79,7 @@ def test_channels_last_matches_plain_outputs_and_gradients():
     assert fast_paths.apply_channels_last(G_cl, D_cl) == 4  # b8, b16 of G; b16, b8 of D
     assert G_cl.synthesis.b16.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not G_cl.synthesis.b4.conv1.weight.is_contiguous(memory_format=torch.channels_last)  # not an fp16 block
-    z, rep = torch.randn(4, 8), torch.rand(4, 9, R, R) * 2 - 1
+    z, rep = torch.randn(4, 8), rep_cond(torch.rand(4, 9, R, R) * 2 - 1)
     outs = []
     for g, d in ((G, D), (G_cl, D_cl)):
         img = g(z, rep, noise_mode="const")
@@ -160,11 +162,11 @@ def test_w_avg_update_count_per_iteration(in_g_pass, expected):
     z, real = torch.randn(4, 8), torch.rand(4, 3, R, R) * 2 - 1
     w_before = G.mapping.w_avg.clone()
     with torch.no_grad():
-        w_mean = G.mapping(z)[:, 0].mean(dim=0)  # what the Gmain pass will see (mapping is deterministic)
-    loss.accumulate_gradients("Gmain", real, z, None, alpha=1.0, gain=1.0)
+        w_mean = G.mapping(z, None)[:, 0].mean(dim=0)  # what the Gmain pass will see (mapping is deterministic)
+    loss.accumulate_gradients("Gmain", real, z, None, gain=1.0, cur_nimg=0)
     expected_after_g = w_mean.lerp(w_before, G.mapping.w_avg_beta) if in_g_pass else w_before
     torch.testing.assert_close(G.mapping.w_avg, expected_after_g, rtol=0, atol=0)
-    loss.accumulate_gradients("Dmain", real, z, None, alpha=1.0, gain=1.0)
+    loss.accumulate_gradients("Dmain", real, z, None, gain=1.0, cur_nimg=0)
     assert calls[0] == expected
 
 
@@ -184,21 +186,20 @@ def test_rep_of_p_is_rendered_once_per_g_step_and_reuse_is_exact(renderer):
     torch.manual_seed(0)
     G, D = Generator(**G_KWARGS), Discriminator(**D_KWARGS)
     counting = CountingRenderer(renderer)
-    consistency = ConsistencyLoss(counting, small_fr())
-    loss = GANLoss(G, D, StatsCollector(), consistency=consistency, lambda_cons=20.0)
+    consistency = ConsistencyLoss(counting, small_fr(), lambda_cons=20.0, blend_kimg=0.008)
+    loss = GANLoss(G, D, StatsCollector(), consistency=consistency)
     p = coeff_batch(4)
-    with torch.no_grad():
-        rep = make_rep(counting, p, R)  # the loop's one render of rep(p) for this round
-    assert counting.calls == 1
+    cond = ConditionBank(p, counting, R).rows(torch.arange(4))  # the loop's condition of this round
+    assert counting.calls == 0  # nothing rendered until the G step reads rep(p)
     z, real = torch.randn(4, 8), torch.rand(4, 3, R, R) * 2 - 1
     G.requires_grad_(True)
-    loss.accumulate_gradients("Gmain", real, z, rep, alpha=0.5, gain=1.0)
-    assert counting.calls == 2  # only rep(FR(x)) is rendered inside the G step
-    # Reusing the cached rep(p) gives exactly what re-rendering p inside the loss would give.
+    loss.accumulate_gradients("Gmain", real, z, cond, gain=1.0, cur_nimg=4)
+    assert counting.calls == 2  # rep(p) once (shared by E and the target), rep(FR(x)) once
+    # Reusing the condition's rep(p) gives exactly what re-rendering p inside the loss would give.
     fake = torch.rand(4, 3, R, R) * 2 - 1
     with torch.no_grad():
         fresh = make_rep(renderer, p, R)
-        assert torch.equal(consistency(fake, rep, 0.5), consistency(fake, fresh, 0.5))
+        assert torch.equal(consistency.distance(fake, cond.rep, 0.5), consistency.distance(fake, fresh, 0.5))
 
 
 def _consistency_grad(renderer, fr, mode: str, backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,7 +207,7 @@ def _consistency_grad(renderer, fr, mode: str, backend: str | None = None) -> tu
     with torch.no_grad():
         rep = make_rep(renderer, p, R)
     fake = (torch.rand(2, 3, R, R, generator=torch.Generator().manual_seed(5)) * 2 - 1).requires_grad_(True)
-    dist = ConsistencyLoss(renderer, fr, fr_autocast=mode, compile_backend=backend)(fake, rep, 0.7)
+    dist = ConsistencyLoss(renderer, fr, fr_autocast=mode, compile_backend=backend).distance(fake, rep, 0.7)
     dist.sum().backward()
     return dist.detach(), fake.grad
 
@@ -247,9 +248,9 @@ def test_loader_wait_is_reported_per_tick(tmp_path, capsys):
     reporter.add_loader_wait(0.5)
     start = 0.0
     reporter.tick(cur_tick=0, cur_nimg=8, tick_start_nimg=0, tick_start_time=start, start_time=start,
-                  maintenance_time=0.0, alpha=1.0)  # fmt: skip
+                  maintenance_time=0.0)  # fmt: skip
     reporter.tick(cur_tick=1, cur_nimg=16, tick_start_nimg=8, tick_start_time=start, start_time=start,
-                  maintenance_time=0.0, alpha=1.0)  # fmt: skip
+                  maintenance_time=0.0)  # fmt: skip
     reporter.close()
     lines = [json.loads(line) for line in open(tmp_path / "stats.jsonl")]
     assert lines[0]["Timing/loader_wait_sec"]["mean"] == pytest.approx(1.25)
@@ -273,7 +274,7 @@ def test_loop_applies_g_reg_interval_and_fast_paths(tmp_path):
     write_image_dataset(data, num=8, resolution=8)
     config = TrainConfig(cfg="test", data=data, z_dim=8, w_dim=16, map_layers=2, channel_base=128, channel_max=16,
                          num_fp16_res=1, mbstd_group=2, batch=4, ema_kimg=0.01, tick_kimg=1, snap=1, workers=0,
-                         cond=False, d_reg_interval=2, kimg=0.004, device="cpu", g_reg_interval=4,
+                         design="uncond", d_reg_interval=2, kimg=0.004, device="cpu", g_reg_interval=4,
                          w_avg_in_g_pass=True, channels_last=True, adam_impl="foreach")  # fmt: skip
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -19,7 +19,6 @@ reference levels that say how far "end" is from guessing and from the best G cou
 
 from __future__ import annotations
 
-import functools
 import glob
 import json
 import os
@@ -28,19 +27,27 @@ import numpy as np
 import torch
 
 from deep3drecon.coeffs import COEFF_SLICES
+from generation.controlled import Sampler, vary_grid
+from metrics.consistency import CONSISTENCY_GROUPS, group_squared_errors
+from metrics.context import build_context
+from metrics.registry import calc_metric, report_metric
+from training.condition import ConditionBank
 from training.config import TrainConfig
+from training.dataset import ImageLabelDataset
+from training.resolve import build_reconstructor, build_renderer, resolve_assets
 from training.run.grids import save_image_grid
+from training.run.snapshot import load_network, snapshot_nimg
 
 VARY_ATTRS: tuple[str, ...] = ("id", "exp", "illum", "angle")
 VARY_SEEDS: tuple[int, ...] = (0, 1, 2, 3, 4, 5)  # rows of each vary grid
 VARY_DONORS = 7  # columns after the base
 CONS_METRIC = "cons1k"
-CONS_GROUPS: tuple[str, ...] = ("id", "exp", "tex", "angle", "gamma", "trans")
+CONS_GROUPS: tuple[str, ...] = CONSISTENCY_GROUPS
 
 
 def applies(config: TrainConfig) -> bool:
     """True for conditional runs on the built-in synthetic world (the README's main job)."""
-    return bool(config.cond and config.data is None and config.builtin_data is not None)
+    return bool(config.design_spec.conditional and config.data is None and config.builtin_data is not None)
 
 
 def is_main_process() -> bool:
@@ -50,8 +57,6 @@ def is_main_process() -> bool:
 
 def network_snapshots(run_dir: str) -> list[str]:
     """network-snapshot-*.pt in run_dir, oldest (fewest images) first."""
-    from training.run.snapshot import snapshot_nimg
-
     return sorted(glob.glob(os.path.join(run_dir, "network-snapshot-*.pt")), key=snapshot_nimg)
 
 
@@ -70,13 +75,6 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
 
     cons: {snapshot file name: {cons_<group>: float}}; grids: {attr: png path}.
     """
-    from generation.controlled import Sampler, vary_grid
-    from metrics.registry import MetricContext, calc_metric, report_metric
-    from training.dataset import ImageLabelDataset
-    from training.rep import RepBank, make_rep
-    from training.resolve import build_reconstructor, build_renderer, resolve_assets
-    from training.run.snapshot import load_network
-
     snapshots = network_snapshots(run_dir)
     if not snapshots:
         return {"cons": {}, "grids": {}}
@@ -91,19 +89,17 @@ def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, pr
     reference = {"guess": guess_levels(dataset.labels),
                  "reals": real_image_levels(dataset, reconstructor, device, batch)}
     cons: dict[str, dict[str, float]] = {}
-    bank_rep = None  # rendered on first use: a run whose cons1k lines are all recorded needs none
+    cond_bank = None  # rendered on first use: a run whose cons1k lines are all recorded needs none
     for path in dict.fromkeys([snapshots[0], snapshots[-1]]):
         name = os.path.basename(path)
         results = _recorded(run_dir, name)
         if results is None:
             log(f"Consistency ({CONS_METRIC}) of {name} ...", flush=True)
             G = load_network(path, device=device)
-            if bank_rep is None:  # both snapshots see the same p: render the bank's rows once (within rep_cache_mb)
-                bank_rep = RepBank(renderer, torch.as_tensor(dataset.labels, device=device), dataset.resolution,
-                                   cache_mb=config.rep_cache_mb)
-            ctx = MetricContext(G=G, dataset=dataset, p_bank=dataset.labels, reconstructor=reconstructor,
-                                make_rep=functools.partial(make_rep, renderer, size=dataset.resolution),
-                                bank_rep=bank_rep, device=device, batch_size=batch, num_workers=0, seed=config.seed)
+            if cond_bank is None:  # both snapshots see the same p: render the bank's rows once (within rep_cache_mb)
+                cond_bank = ConditionBank(dataset.labels, renderer, dataset.resolution, device, config.rep_cache_mb)
+            ctx = build_context(G, dataset, device=device, bank=cond_bank, reconstructor=reconstructor,
+                                batch_size=batch, num_workers=0, seed=config.seed)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 result = calc_metric(CONS_METRIC, ctx)
             report_metric(result, run_dir=run_dir, snapshot_name=name)
@@ -136,8 +132,6 @@ def guess_levels(labels) -> dict[str, float]:
 @torch.no_grad()
 def real_image_levels(dataset, reconstructor: torch.nn.Module, device: torch.device, batch: int) -> dict[str, float]:
     """cons_<group> of FR on the dataset's own images (uint8 -> [-1, 1], as G's output) vs their labels."""
-    from metrics.consistency import group_squared_errors
-
     sums, n = np.zeros(len(CONS_GROUPS)), len(dataset)
     for start in range(0, n, batch):
         items = [dataset[i] for i in range(start, min(start + batch, n))]

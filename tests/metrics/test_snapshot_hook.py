@@ -13,20 +13,24 @@ from training.run import snapshot
 def test_snapshot_metrics_hook_appends_jsonl_and_keeps_rng(conditional_snapshot, tmp_path, monkeypatch, renderer):
     from metrics import registry
     from metrics.consistency import compute_consistency
+    from metrics.snapshot_hook import snapshot_hook
+    from training.condition import ConditionBank
     from training.dataset import ImageLabelDataset
-    from training.metrics_hook import run_snapshot_metrics
 
     path, config = conditional_snapshot
     spec = registry._METRICS["cons1k"]
-    monkeypatch.setitem(registry._METRICS, "cons1k",
-                        registry.MetricSpec(lambda ctx: compute_consistency(ctx, num_samples=4), spec.needs_real_images,
-                                            spec.needs_reconstructor, spec.description))
+    monkeypatch.setitem(registry._METRICS, "cons1k", registry.MetricSpec(
+        lambda ctx: compute_consistency(ctx, num_samples=4), needs_real_images=spec.needs_real_images,
+        needs_reconstructor=spec.needs_reconstructor, description=spec.description))
     G = snapshot.load_network(path)
+    dataset = ImageLabelDataset(config.data)
+    bank = ConditionBank(dataset.labels, renderer, G.img_resolution)  # the loop's bank, handed to the hook
+    hook = snapshot_hook(config, dataset, config.recon_ckpt, str(tmp_path), torch.device("cpu"), 0, 1)
+    no_metrics = config.__class__(**{**config.to_dict(), "metrics": []})
+    assert snapshot_hook(no_metrics, dataset, None, "", torch.device("cpu"), 0, 1) is None
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    run_snapshot_metrics(config, G, ImageLabelDataset(config.data), renderer, None, config.recon_ckpt, str(tmp_path),
-                         "000000",
-                         torch.device("cpu"), 0, 1)
+    hook(G, "network-snapshot-000000.pt", bank, None)
     assert torch.equal(torch.get_rng_state(), before)  # training continues as if metrics had not run
     (line,) = open(tmp_path / "metric-cons1k.jsonl").read().splitlines()
     record = json.loads(line)

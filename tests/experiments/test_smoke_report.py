@@ -30,7 +30,7 @@ def test_grid_cells_are_nearest_upsampled_to_at_least_96_px(tmp_path) -> None:
 def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, capsys) -> None:
     from deep3drecon.recon_net import ReconNet, save_recon_net
     from tests.conftest import run_training_loop
-    from training import smoke_report
+    from experiments import smoke_report
 
     monkeypatch.setenv("TAXFREE3DMM_CACHE", str(tmp_path / "cache"))
     fr = tmp_path / "fr.pth"
@@ -40,7 +40,7 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
 
     config = TrainConfig(
         cfg="test", builtin_data={"count": 8, "resolution": 16, "seed": 0}, bfm=str(assets.synthetic_face_model_path()),
-        recon_ckpt=str(fr), render_backend="torch", cond=True, z_dim=8, w_dim=16, channel_base=128, channel_max=16,
+        recon_ckpt=str(fr), render_backend="torch", design="method", z_dim=8, w_dim=16, channel_base=128, channel_max=16,
         num_fp16_res=0, mbstd_group=2, batch=4, tick_kimg=0.004, snap=2, workers=0, ema_kimg=0.01,
         enc_channel_base=64, enc_channel_max=8, enc_feat_channels=2, blend_kimg=0.008, kimg=0.008, device="cpu")
     assert smoke_report.applies(config) and not smoke_report.applies(TrainConfig(data="x.zip"))
@@ -82,7 +82,7 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
 
 def test_reference_levels_match_naive_loops() -> None:
     from deep3drecon.coeffs import COEFF_SLICES
-    from training import smoke_report
+    from experiments import smoke_report
 
     rng = np.random.default_rng(0)
     labels = rng.normal(size=(40, 257)) * rng.uniform(0, 2, size=257)

@@ -1,0 +1,1 @@
+"""Experiments built on the packages: the post-training report of the built-in world."""
