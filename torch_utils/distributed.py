@@ -78,16 +78,32 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
 def average_gradients(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """Average .grad over ranks exactly (one flat all-reduce); returns how many gradient values are NaN.
 
+    Every rank reduces the same flat buffer, whatever it computed. A small first all-reduce counts per parameter the
+    ranks that have a gradient; the buffer then holds every parameter that has one on any rank, with zeros where
+    this rank has none (a branch of the design unused in this step), and each gets sum / world_size. A parameter
+    without a gradient anywhere keeps .grad None, so the optimizer skips it exactly as in a single process.
+    (Filtering None per rank instead would reduce buffers of different lengths: a hang, or the wrong slices
+    averaged.) When every rank has every gradient the buffer is the one StyleGAN2 reduces, bit for bit.
+
     The count is a 0-d int64 tensor on the gradients' device (no host sync; equal on every rank, since NaN survives
     the all-reduce), for the caller to stop the run on (training.run.nonfinite). NaN is left in place, never turned
     into zeros that would hide a diverged run. An infinite value is clipped to +-1e5 as in StyleGAN2 (an fp16
     overflow must not poison Adam's moments); finite values are untouched.
     """
-    params = [p for p in params if p.grad is not None]
+    params = list(params)
     if not params:
         return torch.zeros([], dtype=torch.int64)
-    flat = torch.cat([p.grad.flatten() for p in params])
-    if is_initialized() and get_world_size() > 1:
+    device = next((p.grad.device for p in params if p.grad is not None), params[0].device)
+    distributed = is_initialized() and get_world_size() > 1
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+    if distributed:
+        dist.all_reduce(present)  # ranks that computed each gradient (collective-safe: same length everywhere)
+    params = [p for p, n in zip(params, present.tolist()) if n > 0]
+    if not params:
+        return torch.zeros([], dtype=torch.int64, device=device)
+    flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel(), device=device)
+                      for p in params])  # fmt: skip
+    if distributed:
         dist.all_reduce(flat)
         flat /= get_world_size()
     num_nan = torch.isnan(flat).sum()
@@ -95,6 +111,8 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     offset = 0
     for p in params:
         n = p.numel()
+        if p.grad is None:  # another rank computed it: this rank takes the same average
+            p.grad = torch.empty_like(p)
         p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
         offset += n
     return num_nan

@@ -29,8 +29,8 @@ def test_grid_cells_are_nearest_upsampled_to_at_least_96_px(tmp_path) -> None:
 @pytest.mark.slow
 def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, capsys) -> None:
     from deep3drecon.recon_net import ReconNet, save_recon_net
-    from tests.conftest import run_training_loop
     from experiments import smoke_report
+    from tests.conftest import run_training_loop
 
     monkeypatch.setenv("TAXFREE3DMM_CACHE", str(tmp_path / "cache"))
     fr = tmp_path / "fr.pth"

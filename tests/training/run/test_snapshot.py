@@ -207,3 +207,33 @@ def test_resume_latest_says_when_it_falls_back(tmp_path):
     (tmp_path / "00001-new" / "training-state-000000.004.pt").write_bytes(b"x")
     messages.clear()
     assert "00001-new" in snapshot.resolve_resume("latest", str(tmp_path), log=messages.append) and not messages
+
+
+def test_snapshots_of_the_older_layout_load_and_give_the_same_images(tmp_path):
+    """Before the conditioning seam, E lived at G.encoder (keys `encoder.*`), G_kwargs had no cond_kind and the
+    config said `cond: true`. Such a snapshot and training state load as the same G, optimizer state included."""
+    from training.condition import Condition
+    from training.config import TrainConfig
+
+    kwargs = dict(G_KWARGS, encoder_kwargs=dict(channel_base=32, channel_max=4, feat_channels=2))
+    torch.manual_seed(0)
+    G = Generator(**kwargs).eval()
+    old_state = {(k.removeprefix("synthesis.") if k.startswith("synthesis.encoder.") else k): v
+                 for k, v in G.state_dict().items()}  # synthesis.encoder.* -> encoder.*, as written before
+    assert any(k.startswith("encoder.") for k in old_state) and not any(".encoder." in k for k in old_state)
+    path = str(tmp_path / "network-snapshot-000000.000.pt")
+    snapshot.atomic_save({"format": snapshot.NETWORK_FORMAT, "G_kwargs": kwargs, "G_ema": old_state,
+                          "config": {"cfg": "test", "cond": True}, "cur_nimg": 0}, path)  # fmt: skip
+    loaded = snapshot.load_network(path)
+    assert loaded.cond_kind == "inject" and loaded.needs == ("rep",)
+    assert TrainConfig.from_dict(loaded.snapshot_config).design == "method"
+    assert TrainConfig.from_dict({"cond": False}).design == "uncond"
+    z, rep = torch.randn(2, 4), torch.rand(2, 9, 8, 8) * 2 - 1
+    cond = Condition(torch.zeros(2, 257), rep)
+    with torch.no_grad():
+        assert torch.equal(loaded(z, cond, noise_mode="const"), G(z, cond, noise_mode="const"))
+    # The parameter order did not change (E first, then the synthesis blocks, then mapping, as when E sat at
+    # G.encoder), so an older optimizer state, indexed by parameter position, still lines up with the parameters.
+    names = [k for k, _ in G.named_parameters()]
+    encoder = [k for k in names if k.startswith("synthesis.encoder.")]
+    assert encoder and names[: len(encoder)] == encoder and names[-1].startswith("mapping.")
