@@ -109,8 +109,8 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_package_cycle_finder_finds_a_planted_cycle():
     # training.loop -> metrics.context is allowed alone; metrics.registry -> training.rep is allowed alone; together
     # they are a package circle even though no two modules import each other.
-    planted = {"training.loop": {"metrics.context"}, "metrics.context": set(), "metrics.registry": {"training.rep"},
-               "training.rep": set()}
+    planted = {"training.loop": {"metrics.context"}, "metrics.context": set(),
+               "metrics.registry": {"training.rep"}, "training.rep": set()}
     assert find_cycle(package_graph(planted)) in (["metrics", "training", "metrics"], ["training", "metrics", "training"])
     real = package_graph(module_graph())
     assert find_cycle(real) is None

@@ -40,8 +40,8 @@ def test_run_on_the_builtin_world_ends_with_its_evidence(tmp_path, monkeypatch, 
 
     config = TrainConfig(
         cfg="test", builtin_data={"count": 8, "resolution": 16, "seed": 0}, bfm=str(assets.synthetic_face_model_path()),
-        recon_ckpt=str(fr), render_backend="torch", design="method", z_dim=8, w_dim=16, channel_base=128, channel_max=16,
-        num_fp16_res=0, mbstd_group=2, batch=4, tick_kimg=0.004, snap=2, workers=0, ema_kimg=0.01,
+        recon_ckpt=str(fr), render_backend="torch", design="method", z_dim=8, w_dim=16, channel_base=128,
+        channel_max=16, num_fp16_res=0, mbstd_group=2, batch=4, tick_kimg=0.004, snap=2, workers=0, ema_kimg=0.01,
         enc_channel_base=64, enc_channel_max=8, enc_feat_channels=2, blend_kimg=0.008, kimg=0.008, device="cpu")
     assert smoke_report.applies(config) and not smoke_report.applies(TrainConfig(data="x.zip"))
     run = tmp_path / "run"
