@@ -111,7 +111,7 @@ def test_package_cycle_finder_finds_a_planted_cycle():
     # they are a package circle even though no two modules import each other.
     planted = {"training.loop": {"metrics.context"}, "metrics.context": set(),
                "metrics.registry": {"training.rep"}, "training.rep": set()}
-    assert find_cycle(package_graph(planted)) in (["metrics", "training", "metrics"], ["training", "metrics", "training"])
+    assert find_cycle(package_graph(planted)) == ["metrics", "training", "metrics"]
     real = package_graph(module_graph())
     assert find_cycle(real) is None
     real["torch_utils"].add("training")  # the lowest package importing the method core closes a circle
