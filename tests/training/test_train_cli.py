@@ -35,6 +35,10 @@ def invoke(*args: str):
         (["--resume", "latest", "--outdir", "{tmp}"], "no run in"),
         (["--gamma", "-1"], "-1"),
         (["--batch-gpu", "4", "--no-cond", "--data", "{data}"], "multiple of the minibatch-stddev group 8"),
+        # Refused before training, not at the first snapshot: FR-based metrics of an unconditional design.
+        (["--no-cond", "--data", "{data}", "--metrics", "cons1k", "-n"], "cons1k need a 3DMM-conditioned generator"),
+        (["--design", "uncond", "--cond", "--data", "{data}"], "--cond means --design method, not uncond"),
+        (["--design", "nope"], "Invalid value for '--design'"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, message, data, tmp_path):

@@ -164,3 +164,13 @@ def test_torchrun_ranks_agree_on_one_run(tmp_path, dataset_path):
     proc = _run(["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "train.py", "--cfg", "nope"],
                 cwd=REPO)
     assert proc.returncode != 0 and "unknown preset 'nope'" in proc.stderr
+
+
+def test_diverged_replicas_stop_before_any_snapshot_is_written(tmp_path, dataset_path, monkeypatch):
+    """The replica check runs before the network snapshot is written: a diverged run leaves no snapshot behind."""
+    from torch_utils import distributed
+
+    monkeypatch.setattr(distributed, "max_param_divergence", lambda module: 1.0)  # as if a rank had drifted
+    with pytest.raises(RuntimeError, match="replicas diverged"):
+        run_training_loop(tiny_config(dataset_path, kimg=0.004), str(tmp_path), torch.device("cpu"))
+    assert not list(tmp_path.glob("network-snapshot-*")) and not list(tmp_path.glob("training-state-*"))
