@@ -42,9 +42,9 @@ NHOODS_PER_IMAGE = 128
 DIR_REPEATS = 4
 DIRS_PER_REPEAT = 128
 MIN_RESOLUTION = 16  # coarsest pyramid level
-_BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)  # 1-D factor of the 5x5 kernel; / 16 per axis = / 256 in 2-D
-_PROJ_ELEMENTS = 1 << 25  # projections held per set at once (128 MiB of float32)
-_NORM_ROWS = 1 << 18  # descriptors per chunk when reducing the normalisation statistics in float64
+_PROJ_ELEMENTS = 1 << 24  # projections held per set at once (64 MiB of float32)
+_NORM_ROWS = 1 << 16  # descriptors per chunk when reducing the normalisation statistics in float64
+_BATCH_PIXELS = 1 << 21  # default batch: this many pixels per channel (32 images at 256 px, 512 at 64 px)
 
 # Random streams: np.random.default_rng([seed, level, stream]); one stream per set's patch centres, one for the
 # directions, so every draw is fixed by (seed, level) and does not depend on the other set or on the batch size.
@@ -71,29 +71,40 @@ def swd_resolutions(size: int) -> list[int]:
 # Laplacian pyramid (protocol step 1).
 
 
-def _blur(x: torch.Tensor, stride: int = 1, gain: float = 1.0) -> torch.Tensor:
-    """5x5 binomial blur of x [B, C, H, W] float32 with mirror borders, separable; output positions 0, stride, ...
-
-    `gain` multiplies the 2-D kernel (4 for pyr_up); it is split as sqrt(gain) per axis (exact for 1 and 4).
-    """
-    taps = [t / 16.0 * gain**0.5 for t in _BINOMIAL]
-    h, w = x.shape[-2:]
-    x = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")  # mirror: d c | a b c d | c b
-    x = sum(t * x[..., :, j : j + w : stride] for j, t in enumerate(taps))  # horizontal pass
-    return sum(t * x[..., j : j + h : stride, :] for j, t in enumerate(taps))  # vertical pass
-
-
 def pyr_down(x: torch.Tensor) -> torch.Tensor:
-    """x [B, C, H, W] float32 -> [B, C, ceil(H/2), ceil(W/2)]: blur, keep even rows/cols (as cv2.pyrDown)."""
-    return _blur(x, stride=2)
+    """x [B, C, H, W] float32 -> [B, C, ceil(H/2), ceil(W/2)]: blur, keep even rows/cols (as cv2.pyrDown).
+
+    The 5x5 binomial blur is separable; each 1-D pass computes only the kept outputs (stride 2).
+    """
+    h, w = x.shape[-2:]
+    x = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")  # mirror: c b | a b c d | c b
+    t = [x[..., :, j : j + w : 2] for j in range(5)]  # horizontal pass, [1, 4, 6, 4, 1] / 16
+    x = ((t[0] + t[4]) + 4 * (t[1] + t[3]) + 6 * t[2]) * 0.0625
+    t = [x[..., j : j + h : 2, :] for j in range(5)]  # vertical pass
+    return ((t[0] + t[4]) + 4 * (t[1] + t[3]) + 6 * t[2]) * 0.0625
+
+
+def _upsample_last_axis(x: torch.Tensor) -> torch.Tensor:
+    """[..., n] -> [..., 2n]: 1-D zero-insert then [1, 4, 6, 4, 1] / 8 with mirror borders, in polyphase form.
+
+    With u[2i] = x[i], u[2i+1] = 0: out[2i] = (x[i-1] + 6 x[i] + x[i+1]) / 8 and out[2i+1] = (x[i] + x[i+1]) / 2.
+    Mirroring u (length 2n) gives x[-1] = u[-2] = u[2] = x[1] on the left but x[n] = u[2n] = u[2n-2] = x[n-1]
+    on the right (the edge sample repeated), so the zero-inserted image never has to be built and blurred.
+    """
+    p = torch.cat([x[..., 1:2], x, x[..., -1:]], dim=-1)
+    even = (p[..., :-2] + 6 * p[..., 1:-1] + p[..., 2:]) * 0.125
+    odd = (p[..., 1:-1] + p[..., 2:]) * 0.5
+    return torch.stack([even, odd], dim=-1).flatten(-2)
 
 
 def pyr_up(x: torch.Tensor) -> torch.Tensor:
-    """x [B, C, H, W] float32 -> [B, C, 2H, 2W]: zero-insert (values at even positions), blur x4 (as cv2.pyrUp)."""
-    b, c, h, w = x.shape
-    up = x.new_zeros(b, c, 2 * h, 2 * w)
-    up[..., ::2, ::2] = x
-    return _blur(up, gain=4.0)
+    """x [B, C, H, W] float32 -> [B, C, 2H, 2W]: zero-insert (values at even positions), blur x4 (as cv2.pyrUp).
+
+    Computed per axis in polyphase form (4x fewer operations than blurring the zero-inserted image; the gain 4
+    is 2 per axis); the tests compare it with the direct zero-insert + 5x5 mirror convolution.
+    """
+    x = _upsample_last_axis(x)  # columns
+    return _upsample_last_axis(x.transpose(-1, -2)).transpose(-1, -2)  # rows
 
 
 def pyramid_level(images: torch.Tensor, level: int, num_levels: int) -> torch.Tensor:
@@ -234,7 +245,7 @@ def swd(
     nhoods_per_image: int = NHOODS_PER_IMAGE,
     dir_repeats: int = DIR_REPEATS,
     dirs_per_repeat: int = DIRS_PER_REPEAT,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int | str, float]:
     """SWD x1e3 between two image sets, Progressive GAN protocol (module docstring): {R: v, R/2: v, ..., "avg": v}.
@@ -243,17 +254,19 @@ def swd(
     to uint8 first, as the protocol does ([-1, 1] -> x * 127.5 + 127.5). Keys are the level sizes as ints
     (64 px -> 64, 32, 16) plus "avg" (mean over levels). `seed` fixes the patch centres and directions; the
     defaults are the official 128 neighbourhoods per image and 4 x 128 directions. `batch_size` images are
-    filtered at a time on `device`; the result does not depend on it (up to float rounding).
+    filtered at a time on `device` (default: 2^21 pixels per channel, e.g. 32 images at 256 px); the result does
+    not depend on it (up to float rounding).
     """
     reals, fakes = _as_uint8_images(reals, "reals"), _as_uint8_images(fakes, "fakes")
     if reals.shape != fakes.shape:
         raise UserError(
             f"SWD compares equally many images of one size, got {list(reals.shape)} and {list(fakes.shape)}"
         )
+    resolutions = swd_resolutions(reals.shape[-1])
+    batch_size = batch_size or max(1, _BATCH_PIXELS // resolutions[0] ** 2)
     if min(nhoods_per_image, dir_repeats, dirs_per_repeat, batch_size, len(reals)) < 1:
         raise UserError("SWD needs at least one image, neighbourhood, direction and repeat, and batch_size >= 1")
     device = torch.device(device)
-    resolutions = swd_resolutions(reals.shape[-1])
     result: dict[int | str, float] = {}
     for level, size in enumerate(resolutions):
         desc = []
