@@ -75,7 +75,7 @@ def resolve_options(opts: MetricsOptions) -> MetricsOptions:
     dataset = ImageLabelDataset(opts.data, require_labels=bool(G.needs), progress=opts.verbose)
     if dataset.resolution != G.img_resolution:
         raise UserError(f"dataset is {dataset.resolution}px but the network generates {G.img_resolution}px")
-    if any(spec.needs_real_images for spec in specs) and not opts.random_features:
+    if any(spec.needs_inception for spec in specs) and not opts.random_features:
         opts.inception = resolve_inception_weights(opts.inception)
     return opts
 

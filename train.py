@@ -170,7 +170,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
         from metrics.registry import check_metrics_apply, get_metric
 
         check_metrics_apply(config.metrics, config.design_spec.conditional, f"design {config.design}")
-        if any(get_metric(m).needs_real_images for m in config.metrics) and not dry_run:
+        if any(get_metric(m).needs_inception for m in config.metrics) and not dry_run:
             from metrics.features import resolve_inception_weights
 
             resolve_inception_weights()  # fetch once here, not in every rank at the first snapshot

@@ -2,8 +2,10 @@
 
 Full-protocol metrics: fid50k_full, kid50k_full (50k generated vs the whole dataset), ds10k (1000 sets x 10 per
 factor, the paper's DS) and its public variants ds10k_cgof and ds10k_gancontrol (`metrics.ds_variants`),
-cons10k. Small forms for smoke runs and tests (numbers NOT comparable with papers): fid1k, kid1k, ds100,
-ds100_cgof, ds100_gancontrol, cons1k.
+cons10k. Weight-free quality (`metrics.weight_free`, no Inception needed; each with its real-vs-real floor):
+swd16k (the Progressive GAN protocol), swd2k, rkid10k and rkid2k (KID, density, coverage on a fixed random CNN:
+comparable only with each other). Small forms for smoke runs and tests (numbers NOT comparable with papers):
+fid1k, kid1k, ds100, ds100_cgof, ds100_gancontrol, cons1k.
 
 `plan_evaluation(names, ctx)` before a series of `calc_metric` calls on one context lets metrics share passes:
 FID and KID asked together extract the real features once and generate the images once.
@@ -22,6 +24,7 @@ from metrics.context import MetricContext
 from metrics.disentanglement import compute_ds
 from metrics.fid import compute_fid
 from metrics.kid import compute_kid
+from metrics.weight_free import compute_random_feature_scores, compute_swd
 from torch_utils.errors import UserError
 from torch_utils.misc import format_time
 
@@ -49,9 +52,10 @@ class MetricSpec:
     """
 
     fn: Callable[[MetricContext], dict[str, float]]
-    needs_real_images: bool      # reads the dataset's images (FID, KID)
+    needs_real_images: bool      # reads the dataset's images (FID, KID, SWD, random-feature KID)
     needs_reconstructor: bool    # runs FR on generated images, so G must take a condition (DS, consistency)
     description: str
+    needs_inception: bool = False  # the Inception-v3 weights (FID, KID); the weight-free metrics need none
     variant: str | None = None
     feature_passes: tuple[tuple[str, int | None], ...] = ()
 
@@ -72,13 +76,22 @@ def _cons(num_samples: int) -> Callable[[MetricContext], dict[str, float]]:
     return lambda ctx: compute_consistency(ctx, num_samples=num_samples)
 
 
+def _swd(num_images: int) -> Callable[[MetricContext], dict[str, float]]:
+    return lambda ctx: compute_swd(ctx, num_images)
+
+
+def _rkid(num_images: int) -> Callable[[MetricContext], dict[str, float]]:
+    return lambda ctx: compute_random_feature_scores(ctx, num_images)
+
+
 _DS_LINES = {
     "paper": "the paper's eq. 11: mean L2 to the set mean / ||dataset mean||, id 160-d, 4 factors",
     "cgof": "cGOF's code: mean per-dim std / its constants, id 80-d, 3 factors (no illum)",
     "gancontrol": "GAN-Control's code: mean pairwise L2 / the same over dataset rows, id 80-d, 4 factors",
 }
 
-_IMAGES = dict(needs_real_images=True, needs_reconstructor=False)  # quality metrics: real images, no FR
+_IMAGES = dict(needs_real_images=True, needs_reconstructor=False, needs_inception=True)  # Inception features
+_WEIGHT_FREE = dict(needs_real_images=True, needs_reconstructor=False)  # quality without any pretrained weights
 _FR = dict(needs_real_images=False, needs_reconstructor=True)       # 3DMM metrics: FR on generated images
 
 _METRICS: dict[str, MetricSpec] = {
@@ -103,6 +116,13 @@ _METRICS: dict[str, MetricSpec] = {
     "ds100_gancontrol": MetricSpec(_ds(10, "gancontrol"), **_FR, variant="gancontrol",
                                    description="smoke: ds10k_gancontrol with 10 sets x 10"),
     "cons1k": MetricSpec(_cons(1000), **_FR, description="smoke: 3DMM consistency, 1k samples"),
+    "swd16k": MetricSpec(_swd(16_384), **_WEIGHT_FREE,
+                         description="SWD x1e3 per level + avg, 16384 generated vs real (Progressive GAN) + floor"),
+    "swd2k": MetricSpec(_swd(2048), **_WEIGHT_FREE, description="SWD x1e3, 2048 generated vs real, + floor"),
+    "rkid10k": MetricSpec(_rkid(10_000), **_WEIGHT_FREE,
+                          description="KID, density, coverage on a fixed random CNN, 10k vs 10k, + floor"),
+    "rkid2k": MetricSpec(_rkid(2048), **_WEIGHT_FREE,
+                         description="KID, density, coverage on a fixed random CNN, 2048 vs 2048, + floor"),
 }  # fmt: skip
 
 
