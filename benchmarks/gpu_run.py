@@ -8,7 +8,8 @@ Steps, each a child process with its output in <out>/gpu_run.log (and on stdout)
   env        Python, torch, GPU, CUDA toolkit, pytest, torch-fidelity, nvdiffrast versions
   builds     benchmarks/cuda_builds.py: both plugins for the local GPU and for sm_80 + sm_90, nvdiffrast for the
              local GPU, several at once, timed (<out>/builds.json); --quick: the build plans only
-  tests      pytest: the ops (CUDA vs reference), the compile checks, fp16 blocks, the renderer (nvdiffrast vs torch)
+  tests      pytest: fused ops vs reference on CUDA, the compile checks, fp16 blocks (CPU and CUDA), the renderer
+             (nvdiffrast vs torch)
   gpu_check  benchmarks/gpu_check.py (<out>/gpu_check.md, .json, .log); --quick: --device cpu --quick
 A failing step does not stop the later ones; <out>/gpu_run.json has each step's status and seconds, and the exit
 status is 0 only if every step passed.
@@ -32,7 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 STEPS = ("wheels", "env", "builds", "tests", "gpu_check")
-FULL_TESTS = ["tests/torch_utils", "tests/training/test_fp16.py", "tests/deep3drecon/test_render.py"]
+# What a GPU adds to CI's coverage: fused ops vs reference on CUDA, the builds, fp16 on CUDA, nvdiffrast vs torch.
+FULL_TESTS = ["tests/torch_utils/ops/test_custom_ops.py", "tests/torch_utils/test_cuda_builds.py",
+              "tests/training/test_fp16.py", "tests/deep3drecon/test_render.py"]
 QUICK_TESTS = ["tests/training/test_fp16.py", "tests/torch_utils/test_cuda_builds.py", "-m", "not slow"]
 STEP_CAP_S = dict(wheels=120, env=120, builds=300, tests=300, gpu_check=600)  # and never past the budget
 

@@ -10,11 +10,13 @@ failure on headless servers). ``load_plugin`` builds that plugin with the projec
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 
 import torch
@@ -70,6 +72,22 @@ def _plugin_build_dir(plugin_name: str) -> str:
     return cpp_extension._get_build_directory(plugin_name, False)
 
 
+@contextlib.contextmanager
+def _quiet_lock_warning() -> Iterator[None]:
+    """nvdiffrast warns whenever a 'lock' file exists in its build folder (a stale lock of torch's old file baton).
+    torch >= 2.14 locks with an OS-level advisory lock whose file always stays there: silence that false alarm."""
+    from torch.utils import cpp_extension
+
+    logger = logging.getLogger("nvdiffrast")
+    level = logger.level
+    if hasattr(cpp_extension, "FileLock"):
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_plugin(archs: Sequence[str] | None = None) -> ModuleType:
     """Build (first call; then from torch's extension cache) and import nvdiffrast's CUDA rasterizer plugin.
 
@@ -88,7 +106,7 @@ def load_plugin(archs: Sequence[str] | None = None) -> ModuleType:
     start = time.perf_counter()
     # Its loader calls cpp_extension.load itself: the toolkit, the wheel's headers and the archs go in through
     # torch's CUDA_HOME and the environment (custom_ops.toolkit_env).
-    with custom_ops.toolkit_env(toolkit, archs):
+    with custom_ops.toolkit_env(toolkit, archs), _quiet_lock_warning():
         try:
             plugin = nvdr_ops._get_plugin(gl=False)
         except ModuleNotFoundError as err:

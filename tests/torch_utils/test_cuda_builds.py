@@ -196,4 +196,42 @@ def test_nvdiffrast_cuda_plugin_compiles(monkeypatch, record_property):
     seconds = time.perf_counter() - start
     assert hasattr(plugin, "rasterize_fwd_cuda"), sorted(n for n in dir(plugin) if not n.startswith("_"))[:20]
     record_property("nvdiffrast_build_s", round(seconds, 1))
-    print(f"nvdiffrast CUDA plugin ({archs or 'local GPU'}) with {toolkit.describe()}: {seconds:.1f} s")
+    print(f"nvdiffrast CUDA plugin ({', '.join(archs) if archs else 'local GPU'}) with {toolkit.describe()}: "
+          f"{seconds:.1f} s")
+
+
+def test_nvdiffrast_loader_survives_the_torch_2_14_import_quirk(monkeypatch, tmp_path):
+    """nvdiffrast's loader builds the plugin, then import_module(name) fails because torch >= 2.14 leaves the build
+    folder off sys.path: load_plugin puts it there and asks again (a stand-in nvdiffrast, no compiler)."""
+    import types
+
+    from deep3drecon.render import rasterize_nvdiffrast
+
+    name = "nvdiffrast_plugin_0_0_0_torchX"
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    build_dir = rasterize_nvdiffrast._plugin_build_dir(name)
+    (Path(build_dir) / f"{name}.so").write_bytes(b"")  # what torch's build leaves behind
+    calls, seen_env = [], []
+
+    def fake_get_plugin(gl=False):
+        calls.append(gl)
+        seen_env.append((os.environ.get("TORCH_CUDA_ARCH_LIST"), os.environ.get("CUDA_HOME")))
+        if build_dir not in sys.path:
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return types.SimpleNamespace(__file__=f"{build_dir}/{name}.so")
+
+    ops = types.ModuleType("nvdiffrast.torch.ops")
+    ops._get_plugin = fake_get_plugin
+    package, torch_pkg = types.ModuleType("nvdiffrast"), types.ModuleType("nvdiffrast.torch")
+    package.torch, torch_pkg.ops = torch_pkg, ops
+    monkeypatch.setitem(sys.modules, "nvdiffrast", package)
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch", torch_pkg)
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch.ops", ops)
+    toolkit = custom_ops.CudaToolkit(str(tmp_path), "13.0", "test")
+    monkeypatch.setattr(custom_ops, "find_cuda_toolkit", lambda: toolkit)
+    monkeypatch.setattr(rasterize_nvdiffrast, "_plugins", {})
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    plugin = rasterize_nvdiffrast.load_plugin(["sm_90"])
+    assert plugin.__file__.startswith(build_dir) and calls == [False, False] and build_dir in sys.path
+    assert seen_env == [("9.0", str(tmp_path))] * 2  # the archs and the toolkit reached nvdiffrast's own build
+    assert rasterize_nvdiffrast.load_plugin("sm_90") is plugin and len(calls) == 2  # once per process
