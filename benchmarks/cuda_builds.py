@@ -76,8 +76,10 @@ def build_one(kind: str, archs_value: str, plan_only: bool = False) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| plugin | archs | wall s | compiler CPU s | cached before | ok | detail |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| plugin | archs | wall s | compiler CPU s | cached before | ok | detail |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         cached = "n/a" if r["cached"] is None else ("yes" if r["cached"] else "no")
         cells = [r["plugin"], r["archs"], r["seconds"], r["cpu_s"], cached, "yes" if r["ok"] else "NO",

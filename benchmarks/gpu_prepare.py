@@ -27,11 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 WHEEL_DIR = REPO / ".whl"
 MAX_WHEELS_MB = 16  # the device tool carries 64 MiB with the working tree; keep the wheels well inside it
 # Python packages on the GPU machines' image (the device docs' list), the ones this project's code can need.
-GPU_MACHINE_HAS = frozenset("""
+GPU_MACHINE_HAS = frozenset(
+    """
 click filelock fsspec jinja2 markupsafe mpmath networkx ninja numpy packaging pillow pip pluggy iniconfig pytest
 pytest-xdist execnet pyyaml scipy scikit-image setuptools sympy tensorboard tensorboard-data-server torch
 torchvision tqdm triton typing-extensions wheel
-""".split())
+""".split()
+)
 
 
 def normalize(name: str) -> str:
@@ -76,7 +78,7 @@ def requirements(path: Path) -> list[str]:
     names = []
     for req in meta.get_all("Requires-Dist") or []:
         marker = req.split(";", 1)[1] if ";" in req else ""
-        if "extra ==" in marker or "sys_platform == \"win32\"" in marker or "platform_system == \"Windows\"" in marker:
+        if "extra ==" in marker or 'sys_platform == "win32"' in marker or 'platform_system == "Windows"' in marker:
             continue
         names.append(normalize(re.match(r"[A-Za-z0-9_.\-]+", req.strip()).group(0)))
     return names

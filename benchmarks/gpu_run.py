@@ -34,8 +34,12 @@ sys.path.insert(0, str(REPO))
 
 STEPS = ("wheels", "env", "builds", "tests", "gpu_check")
 # What a GPU adds to CI's coverage: fused ops vs reference on CUDA, the builds, fp16 on CUDA, nvdiffrast vs torch.
-FULL_TESTS = ["tests/torch_utils/ops/test_custom_ops.py", "tests/torch_utils/test_cuda_builds.py",
-              "tests/training/test_fp16.py", "tests/deep3drecon/test_render.py"]
+FULL_TESTS = [
+    "tests/torch_utils/ops/test_custom_ops.py",
+    "tests/torch_utils/test_cuda_builds.py",
+    "tests/training/test_fp16.py",
+    "tests/deep3drecon/test_render.py",
+]
 QUICK_TESTS = ["tests/training/test_fp16.py", "tests/torch_utils/test_cuda_builds.py", "-m", "not slow"]
 STEP_CAP_S = dict(wheels=120, env=120, builds=300, tests=300, gpu_check=600)  # and never past the budget
 

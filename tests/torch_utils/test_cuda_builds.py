@@ -196,8 +196,10 @@ def test_nvdiffrast_cuda_plugin_compiles(monkeypatch, record_property):
     seconds = time.perf_counter() - start
     assert hasattr(plugin, "rasterize_fwd_cuda"), sorted(n for n in dir(plugin) if not n.startswith("_"))[:20]
     record_property("nvdiffrast_build_s", round(seconds, 1))
-    print(f"nvdiffrast CUDA plugin ({', '.join(archs) if archs else 'local GPU'}) with {toolkit.describe()}: "
-          f"{seconds:.1f} s")
+    print(
+        f"nvdiffrast CUDA plugin ({', '.join(archs) if archs else 'local GPU'}) with {toolkit.describe()}: "
+        f"{seconds:.1f} s"
+    )
 
 
 def test_nvdiffrast_loader_survives_the_torch_2_14_import_quirk(monkeypatch, tmp_path):

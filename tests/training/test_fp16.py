@@ -106,6 +106,7 @@ def _record_dtypes(G: Generator, D: Discriminator, seen: dict) -> list:
     def pre(name):
         def hook(module, args):
             seen[f"{name} x"], seen[f"{name} feat"] = args[0].dtype, args[2].dtype  # layer(x, w, feat, ...)
+
         return hook
 
     def post(name):
@@ -113,6 +114,7 @@ def _record_dtypes(G: Generator, D: Discriminator, seen: dict) -> list:
             outs = out if isinstance(out, tuple) else (out,)
             for i, t in enumerate(outs):
                 seen[f"{name} out{i}"] = t.dtype
+
         return hook
 
     syn = G.synthesis
@@ -187,8 +189,12 @@ def differences(runs: dict) -> dict[str, dict[str, float]]:
     out = {}
     for name, ref in runs["fp32"].items():
         diff = runs["fp16"][name] - ref
-        out[name] = dict(max_abs=diff.abs().max().item(), max_ref=ref.abs().max().item(),
-                         rel_max=(diff.abs().max() / ref.abs().max()).item(), rel_l2=(diff.norm() / ref.norm()).item())
+        out[name] = dict(
+            max_abs=diff.abs().max().item(),
+            max_ref=ref.abs().max().item(),
+            rel_max=(diff.abs().max() / ref.abs().max()).item(),
+            rel_l2=(diff.norm() / ref.norm()).item(),
+        )
     return out
 
 
