@@ -41,13 +41,13 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def carried_packages() -> dict[str, str]:
-    """{name: version} to carry: torch-fidelity at the version installed here (else the one gpu_check was written
-    against) and diffrp-nvdiffrast at setup.py's pin of the `nvdiffrast` extra."""
+def carried_packages() -> dict[str, str | None]:
+    """{name: version} to carry: torch-fidelity at the version installed here (None = any, on the GPU machine where
+    it is not installed) and diffrp-nvdiffrast at setup.py's pin of the `nvdiffrast` extra."""
     try:
-        fidelity = importlib.metadata.version("torch-fidelity")
+        fidelity: str | None = importlib.metadata.version("torch-fidelity")
     except importlib.metadata.PackageNotFoundError:
-        fidelity = "0.4.0"
+        fidelity = None
     pin = re.search(r'"diffrp-nvdiffrast==([^"]+)"', (REPO / "setup.py").read_text())
     if pin is None:
         raise click.ClickException("setup.py has no diffrp-nvdiffrast==VERSION in its nvdiffrast extra")
@@ -84,7 +84,7 @@ def requirements(path: Path) -> list[str]:
     return names
 
 
-def validate(wheel_dir: Path, wanted: dict[str, str] | None = None) -> list[str]:
+def validate(wheel_dir: Path, wanted: dict[str, str | None] | None = None) -> list[str]:
     """Problems with the carry in `wheel_dir` (empty list = ready); `wanted` defaults to carried_packages()."""
     wanted = {normalize(k): v for k, v in (wanted if wanted is not None else carried_packages()).items()}
     wheels = sorted(wheel_dir.glob("*.whl")) if wheel_dir.is_dir() else []
@@ -104,8 +104,8 @@ def validate(wheel_dir: Path, wanted: dict[str, str] | None = None) -> list[str]
             problems.append(f"{name}: {len(versions)} versions ({', '.join(versions)}); keep one, two stop pip")
     for name, version in wanted.items():
         if name not in found:
-            problems.append(f"{name}=={version}: no wheel in {wheel_dir} (run benchmarks/gpu_prepare.py here)")
-        elif found[name] != [version]:
+            problems.append(f"{name}=={version or '*'}: no wheel in {wheel_dir} (run benchmarks/gpu_prepare.py)")
+        elif version is not None and found[name] != [version]:
             problems.append(f"{name}: carried {found[name][0]}, wanted {version}")
     for wheel in wheels:
         try:
@@ -121,7 +121,7 @@ def validate(wheel_dir: Path, wanted: dict[str, str] | None = None) -> list[str]
     return problems
 
 
-def download(wheel_dir: Path, packages: dict[str, str]) -> None:
+def download(wheel_dir: Path, packages: dict[str, str | None]) -> None:
     """pip download each NAME==VERSION as a wheel for CPython 3.12 manylinux x86-64 (pure-Python wheels match)."""
     wheel_dir.mkdir(exist_ok=True)
     for name, version in packages.items():
@@ -132,7 +132,7 @@ def download(wheel_dir: Path, packages: dict[str, str]) -> None:
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
                "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
                "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(wheel_dir),
-               f"{name}=={version}"]  # fmt: skip
+               f"{name}=={version}" if version else name]  # fmt: skip
         print(" ".join(cmd[2:]), file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True)
 
@@ -154,7 +154,7 @@ def main(check: bool, wheel_dir: str) -> None:
     listing = ", ".join(w.name for w in sorted(folder.glob("*.whl")))
     size_mb = sum(w.stat().st_size for w in folder.glob("*.whl")) / 2**20
     print(f"ready: {listing} ({size_mb:.1f} MB in {os.path.relpath(folder)}); on the GPU machine run "
-          "`python3 benchmarks/gpu_run.py --out $OUT` with carry ['.whl']")  # fmt: skip
+          "`python3 benchmarks/gpu_run.py --out $OUT` with carry ['.whl'], timeout_s 560")  # fmt: skip
 
 
 if __name__ == "__main__":

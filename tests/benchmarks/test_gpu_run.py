@@ -51,6 +51,9 @@ def test_validate_accepts_a_complete_carry(tmp_path):
     make_wheel(tmp_path, "torch-fidelity", "0.4.0", ("numpy", "pillow", "torch", "torchvision", "tqdm"))
     make_wheel(tmp_path, "diffrp-nvdiffrast", "0.3.3.1", ("numpy",), module="nvdiffrast")
     assert gpu_prepare.validate(tmp_path, WANTED) == []
+    # on the GPU machine torch-fidelity is not installed: any one carried version will do
+    assert gpu_prepare.validate(tmp_path, dict(WANTED, **{"torch-fidelity": None})) == []
+    assert "wanted 0.5.0" in gpu_prepare.validate(tmp_path, dict(WANTED, **{"torch-fidelity": "0.5.0"}))[0]
 
 
 def test_validate_names_every_problem(tmp_path):
