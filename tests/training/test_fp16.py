@@ -163,10 +163,18 @@ def _run(G: Generator, D: Discriminator, world: dict, mode: Precision) -> dict[s
     return out
 
 
+def _restore_tf32(cudnn: bool, matmul: bool) -> None:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+
+
 @pytest.fixture(scope="module", params=DEVICES)
 def runs(request) -> dict:
     """Both precisions on one device, same weights and inputs; plus the dtypes seen in the fp16 run."""
     device = request.param
+    if device == "cuda":  # a true float32 reference: no TF32 (10-bit mantissa) convolutions or matmuls on the GPU
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        request.addfinalizer(lambda: _restore_tf32(*tf32))
     G, D = _networks(device)
     world = _world(device)
     fp32 = _run(G, D, world, Precision(device, fp16=False))
