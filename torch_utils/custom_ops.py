@@ -336,7 +336,8 @@ def build_plugin(spec: PluginSpec, archs: Sequence[str] | None = None) -> Module
     """
     plan = plan_build(spec, archs)
     if _verbosity != "none" and _is_rank0():
-        print(f'Building CUDA plugin "{spec.name}" for {plan.describe()}', file=sys.stderr, flush=True)
+        verb = "Loading cached" if (plan.build_dir / f"{plan.module_name}.so").is_file() else "Building"
+        print(f'{verb} CUDA plugin "{spec.name}" for {plan.describe()}', file=sys.stderr, flush=True)
     return run_build(plan)
 
 
