@@ -32,5 +32,9 @@ setup(
         # 2.5.3 is the last release that does not pin an old torch.
         "faces": ["facenet-pytorch==2.5.3"],
         "studio": ["gradio>=6.0", "gradio-client>=2.0"],  # generate.py studio (the browser editor)
+        # Renderer backend 'nvdiffrast' (CUDA only): nvdiffrast 0.3.3's sources as packaged on the index under this
+        # name. NVIDIA Source Code License (non-commercial), hence only ever optional; its CUDA plugin is compiled
+        # with nvcc on first use (deep3drecon/render/rasterize_nvdiffrast.py).
+        "nvdiffrast": ["diffrp-nvdiffrast==0.3.3.1"],
     },
 )

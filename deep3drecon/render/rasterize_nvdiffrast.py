@@ -1,28 +1,40 @@
 """nvdiffrast backend (CUDA only, optional): same output contract as the torch backend (see ``contract.py``).
 
-nvdiffrast is not a dependency of this project (its licence is non-commercial and it is not on PyPI under its own
-name); users install it from its repository. It is imported lazily, only when this backend is used, and always
-with the pure-CUDA ``RasterizeCudaContext`` (no OpenGL/EGL, which is the usual failure on headless servers).
+nvdiffrast is not a dependency of this project (NVIDIA Source Code License, non-commercial): the optional extra
+``pip install -e ".[nvdiffrast]"`` installs it from the package index as ``diffrp-nvdiffrast`` (its sources; the
+CUDA plugin is compiled with nvcc on first use, ~1 min on 16 cores, ~4 min on 2). It is imported lazily, only when
+this backend is used, and always with the pure-CUDA ``RasterizeCudaContext`` (no OpenGL/EGL, which is the usual
+failure on headless servers). ``load_plugin`` builds that plugin with the project's toolkit discovery
+(``torch_utils.custom_ops``), also without a GPU for explicit architectures (CI's compile check).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from types import ModuleType
 
 import torch
 
+from torch_utils import custom_ops
 from torch_utils.errors import first_line
 
 from .contract import Rasterization
 
 INSTALL_HINT = (
-    "install it from its repository (non-commercial licence): pip install ninja setuptools wheel && "
-    "pip install git+https://github.com/NVlabs/nvdiffrast.git --no-build-isolation, or use backend='torch'"
+    'install the optional extra: pip install -e ".[nvdiffrast]" (diffrp-nvdiffrast, NVIDIA Source Code License; '
+    "its CUDA plugin builds on first use and needs nvcc), or use backend='torch'"
 )
 
 # One rasterizer context per CUDA device: contexts are expensive to create and meant to be reused.
 _contexts: dict[torch.device, object] = {}
 _probe_failures: dict[torch.device, str] = {}
+_plugins: dict[tuple[str, ...], ModuleType] = {}  # architectures -> the loaded plugin (one build line per process)
 
 
 def is_available() -> bool:
@@ -53,13 +65,75 @@ def probe(device: torch.device) -> str | None:
         return _probe_failures[device]
 
 
+def _plugin_build_dir(plugin_name: str) -> str:
+    """Where torch.utils.cpp_extension.load builds (and nvdiffrast looks for) the extension `plugin_name`."""
+    from torch.utils import cpp_extension
+
+    return cpp_extension._get_build_directory(plugin_name, False)
+
+
+@contextlib.contextmanager
+def _quiet_lock_warning() -> Iterator[None]:
+    """nvdiffrast warns whenever a 'lock' file exists in its build folder (a stale lock of torch's old file baton).
+    torch >= 2.14 locks with an OS-level advisory lock whose file always stays there: silence that false alarm."""
+    from torch.utils import cpp_extension
+
+    logger = logging.getLogger("nvdiffrast")
+    level = logger.level
+    if hasattr(cpp_extension, "FileLock"):
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def load_plugin(archs: Sequence[str] | None = None) -> ModuleType:
+    """Build (first call; then from torch's extension cache) and import nvdiffrast's CUDA rasterizer plugin.
+
+    archs: GPU architectures to compile for (default: the local GPUs); with explicit archs no GPU is needed.
+    Prints one line naming the toolkit and the architectures. Raises ImportError without nvdiffrast,
+    custom_ops.ToolkitNotFound without a CUDA toolkit, and the build's error if it does not compile.
+    """
+    from nvdiffrast.torch import ops as nvdr_ops  # lazy: optional extra
+
+    toolkit = custom_ops.find_cuda_toolkit()
+    archs = custom_ops.normalize_archs(archs) if archs is not None else custom_ops.local_archs()
+    if archs in _plugins:
+        return _plugins[archs]
+    print(f"Setting up the nvdiffrast CUDA plugin for {', '.join(archs)} with {toolkit.describe()}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    start = time.perf_counter()
+    # Its loader calls cpp_extension.load itself: the toolkit, the wheel's headers and the archs go in through
+    # torch's CUDA_HOME and the environment (custom_ops.toolkit_env).
+    with custom_ops.toolkit_env(toolkit, archs), _quiet_lock_warning():
+        try:
+            plugin = nvdr_ops._get_plugin(gl=False)
+        except ModuleNotFoundError as err:
+            # torch >= 2.14: load() builds and imports the module but no longer leaves its build folder on
+            # sys.path, so nvdiffrast's own import_module of the plugin name fails. Put the folder there and
+            # ask again: the second call finds the built module in torch's cache and imports it.
+            name = err.name or ""
+            build_dir = _plugin_build_dir(name) if name.startswith("nvdiffrast_plugin") else ""
+            if not build_dir or not any(f.startswith(name + ".") for f in os.listdir(build_dir)):
+                raise
+            if build_dir not in sys.path:
+                sys.path.append(build_dir)
+            plugin = nvdr_ops._get_plugin(gl=False)
+    print(f"nvdiffrast CUDA plugin ready in {time.perf_counter() - start:.0f} s: {plugin.__file__}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    _plugins[archs] = plugin
+    return plugin
+
+
 def _context(device: torch.device) -> object:
-    """The cached ``RasterizeCudaContext`` for ``device``."""
+    """The cached ``RasterizeCudaContext`` for ``device`` (its plugin built or loaded first by load_plugin)."""
     import nvdiffrast.torch as dr  # lazy: optional extra
 
     if device not in _contexts:
         if not hasattr(dr, "RasterizeCudaContext"):
             raise ImportError("this nvdiffrast release has no RasterizeCudaContext (needs >= 0.3)")
+        load_plugin()
         _contexts[device] = dr.RasterizeCudaContext(device=device)
     return _contexts[device]
 

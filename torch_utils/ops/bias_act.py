@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from torch_utils import custom_ops
 from torch_utils.errors import UserError
 
 
@@ -97,16 +98,17 @@ def _bias_act_ref(
 # CUDA path.
 
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
+# The installed package's own sources (setup.py package_data ships the .cpp/.cu/.h next to this module).
+PLUGIN = custom_ops.PluginSpec(
+    "bias_act_plugin",
+    sources=(os.path.join(_SRC_DIR, "bias_act.cpp"), os.path.join(_SRC_DIR, "bias_act.cu")),
+    headers=(os.path.join(_SRC_DIR, "bias_act.h"),),
+)
 
 
 def _plugin():
-    from torch_utils import custom_ops
-
-    return custom_ops.get_plugin(
-        "bias_act_plugin",
-        sources=[os.path.join(_SRC_DIR, "bias_act.cpp"), os.path.join(_SRC_DIR, "bias_act.cu")],
-        headers=[os.path.join(_SRC_DIR, "bias_act.h")],
-    )
+    """The fused kernels for this process's GPU (built once), or None: then the reference path runs."""
+    return custom_ops.get_plugin(PLUGIN)
 
 
 def _use_cuda(x: torch.Tensor, impl: str) -> bool:

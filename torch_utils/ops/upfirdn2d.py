@@ -16,6 +16,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from torch_utils import custom_ops
 from torch_utils.errors import UserError
 from torch_utils.ops import conv2d_gradfix
 
@@ -139,16 +140,17 @@ def grad_params(params: tuple, in_hw: tuple[int, int], out_hw: tuple[int, int], 
 # CUDA path.
 
 _SRC_DIR = os.path.dirname(os.path.abspath(__file__))
+# The installed package's own sources (setup.py package_data ships the .cpp/.cu/.h next to this module).
+PLUGIN = custom_ops.PluginSpec(
+    "upfirdn2d_plugin",
+    sources=(os.path.join(_SRC_DIR, "upfirdn2d.cpp"), os.path.join(_SRC_DIR, "upfirdn2d.cu")),
+    headers=(os.path.join(_SRC_DIR, "upfirdn2d.h"),),
+)
 
 
 def _plugin():
-    from torch_utils import custom_ops
-
-    return custom_ops.get_plugin(
-        "upfirdn2d_plugin",
-        sources=[os.path.join(_SRC_DIR, "upfirdn2d.cpp"), os.path.join(_SRC_DIR, "upfirdn2d.cu")],
-        headers=[os.path.join(_SRC_DIR, "upfirdn2d.h")],
-    )
+    """The fused kernels for this process's GPU (built once), or None: then the reference path runs."""
+    return custom_ops.get_plugin(PLUGIN)
 
 
 def _use_cuda(x: torch.Tensor, impl: str) -> bool:

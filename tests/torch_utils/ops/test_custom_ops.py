@@ -13,17 +13,30 @@ from torch_utils.ops import bias_act, upfirdn2d
 def test_failed_plugin_build_warns_once_and_is_not_retried(monkeypatch, capsys):
     attempts = []
 
-    def failing_load(*args):
+    def failing_plan(*args, **kwargs):
         attempts.append(1)
         raise RuntimeError("nvcc exploded")
 
-    monkeypatch.setattr(custom_ops, "_load", failing_load)
+    monkeypatch.setattr(custom_ops, "plan_build", failing_plan)
     monkeypatch.setattr(custom_ops, "_plugins", {})
-    assert custom_ops.get_plugin("dummy_plugin", ["a.cu"]) is None
-    assert custom_ops.get_plugin("dummy_plugin", ["a.cu"]) is None
+    spec = custom_ops.PluginSpec("dummy_plugin", sources=("a.cu",))
+    assert custom_ops.get_plugin(spec) is None
+    assert custom_ops.get_plugin(spec) is None
     assert len(attempts) == 1 and custom_ops.plugin_status("dummy_plugin") == "failed"
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "dummy_plugin" in err[0] and "nvcc exploded" in err[0] and "reference" in err[0]
+
+
+def test_missing_toolkit_is_one_line_naming_the_reference_path(monkeypatch, capsys, tmp_path):
+    """No CUDA_HOME, no nvcc on PATH, no standard folder: one warning line, and the reference ops are used."""
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(custom_ops, "STANDARD_TOOLKIT_GLOBS", (str(tmp_path / "cuda*"),))
+    monkeypatch.setattr(custom_ops, "_plugins", {})
+    assert custom_ops.get_plugin(custom_ops.PluginSpec("dummy_plugin", sources=("a.cu",))) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA toolkit" in err[0] and "reference implementation" in err[0], err
 
 
 @cuda_only
