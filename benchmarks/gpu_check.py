@@ -43,17 +43,27 @@ TRAIN_RUNS = (  # (row label, overrides): the plain baseline, the method, the me
 
 
 class Table:
-    """Rows of (section, item, value, note); printed as one markdown table and saved as JSON."""
+    """Rows of (section, item, value, note); printed as one markdown table and saved as JSON.
 
-    def __init__(self) -> None:
+    With `out`, the JSON (and <out>.md) are rewritten after every row, so a run stopped at its time limit still
+    leaves every row it measured.
+    """
+
+    def __init__(self, out: str | None = None, meta: dict | None = None) -> None:
         self.rows: list[dict] = []
         self.start = time.perf_counter()
+        self.out, self.meta = out, meta or {}
 
     def add(self, section: str, item: str, value: str, note: str = "") -> None:
         note = note.replace("|", "/")  # a '|' would split the markdown cell
         self.rows.append(dict(section=section, item=item, value=value, note=note))
         elapsed = time.perf_counter() - self.start
         print(f"[gpu_check {elapsed:5.0f} s] {section} | {item} | {value}", file=sys.stderr, flush=True)
+        if self.out is not None:
+            with open(self.out, "w") as f:
+                json.dump(dict(rows=self.rows, **self.meta), f, indent=1)
+            with open(os.path.splitext(self.out)[0] + ".md", "w") as f:
+                f.write(self.markdown() + "\n")
 
     def markdown(self) -> str:
         lines = ["| section | item | value | note |", "|---|---|---|---|"]
@@ -134,6 +144,10 @@ def check_environment(table: Table, device: torch.device) -> None:
         start = time.perf_counter()
         path = "ref (no CUDA)" if device.type != "cuda" else ("cuda (fused)" if op._plugin() is not None else "ref")
         table.add("env", f"{name} path", path, f"plugin load {time.perf_counter() - start:.1f} s")
+    from torch_utils import custom_ops
+
+    toolkit = custom_ops.toolkit_or_none()
+    table.add("env", "CUDA toolkit", toolkit.describe() if toolkit else "none found (reference ops)")
     table.add("env", "renderer backends", ", ".join(available_backends()))
     table.add("env", "CPU threads", str(torch.get_num_threads()), "numbers under load are not comparable")
 
@@ -382,25 +396,36 @@ def main(device_name: str, quick: bool, out: str, skip_training: bool, skip_comp
 
     device = pick_device(device_name)
     s = QUICK if quick else FULL
-    table, start = Table(), time.perf_counter()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    meta = dict(quick=quick, device=str(device), settings={k: v for k, v in s.items() if k != "overrides"})
+    table, start = Table(out, meta), time.perf_counter()
+
+    def section(name: str, fn: Callable, *args):
+        """Run one section; a failure becomes a row (and a traceback in the log), and the next section runs."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - one broken section must not cost the rest of a device loan
+            import traceback
+
+            traceback.print_exc()
+            table.add(name, "FAILED", f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}")
+            return None
+
     with tempfile.TemporaryDirectory() as tmp, open(os.path.splitext(out)[0] + ".log", "w") as log:
         check_environment(table, device)
         paths = build_assets(tmp, s)
-        check_ops(table, device, s)
-        check_renderer(table, device, s, paths["bfm"])
+        section("ops", check_ops, table, device, s)
+        section("renderer", check_renderer, table, device, s, paths["bfm"])
         if skip_training:
             table.add("training", "paper256 runs", "skipped (--skip-training)")
         else:
-            check_training(table, device, s, paths, tmp, log)
-        ctx = check_phases(table, device, s, paths)
-        check_fr_paths(table, device, s, ctx, skip_compile)
-        check_metrics(table, device, s, ctx, paths, tmp)
+            section("training", check_training, table, device, s, paths, tmp, log)
+        ctx = section("phases", check_phases, table, device, s, paths)
+        if ctx is not None:
+            section("fast paths", check_fr_paths, table, device, s, ctx, skip_compile)
+            section("metrics", check_metrics, table, device, s, ctx, paths, tmp)
     table.add("env", "gpu_check wall time", f"{time.perf_counter() - start:.0f} s", "quick" if quick else "full")
     print(table.markdown())
-    with open(out, "w") as f:
-        json.dump(dict(rows=table.rows, quick=quick, device=str(device),
-                       settings={k: v for k, v in s.items() if k != "overrides"}), f, indent=1)  # fmt: skip
 
 
 if __name__ == "__main__":
