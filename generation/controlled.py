@@ -289,6 +289,8 @@ class Sampler:
         for i in tqdm.tqdm(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
             ws_b = ws[i : i + self.batch].to(self.device)
             cond = self.condition(None if p is None else p[i : i + self.batch])
+            if cond is not None and self.renderer is not None:
+                cond.rep  # noqa: B018 - rendered once per batch: the cells below slice it, the tiles show r(p)
             if self.noise_mode == "random":
                 # Per-cell seeded noise: torch.randn inside the layers would otherwise tie a cell to its batch.
                 imgs = [self._one_random(ws_b[j : j + 1], None if cond is None else cond[j : j + 1], noise_seeds[i + j])
