@@ -339,5 +339,6 @@ def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, 
             return load_landmarks(candidate), f"landmarks from {candidate}"
     landmarks, count = detect_landmarks(image, detector_factory(), image_path.name)
     written = write_landmarks(landmarks_path_for(image_path, outdir), landmarks)
-    note = f"; {count} faces found, using the largest" if count > 1 else ""
+    x, y = np.asarray(landmarks).mean(axis=0)
+    note = f"; {count} faces found, using the largest (centred at x={x:.0f}, y={y:.0f})" if count > 1 else ""
     return landmarks, f"detected landmarks written to {written}{note}"
