@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -123,6 +124,11 @@ def resolve_config(cfg: str, overrides: dict[str, Any]) -> TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Checks that need no data or GPU; each failure is one clear line."""
+    for field in dataclasses.fields(config):  # NaN/inf from a flag or a preset would train on garbage (or forever)
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = {"tick_kimg": "--tick"}.get(field.name, "--" + field.name.replace("_", "-"))
+            raise UserError(f"{flag} = {value} is not a finite number (given on the command line or in the preset)")
     if config.gpus < 1:
         raise UserError("--gpus must be at least 1")
     if config.batch < 1 or config.batch % config.gpus != 0:
