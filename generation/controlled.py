@@ -165,7 +165,10 @@ def load_p_bank(path: str) -> torch.Tensor:
     if path.endswith(".npy"):
         if not os.path.isfile(path):
             raise UserError(f"p bank not found: {path}")
-        bank = np.load(path, allow_pickle=False)
+        try:
+            bank = np.load(path, allow_pickle=False)
+        except Exception as e:  # not a .npy, truncated, object arrays: one line
+            raise UserError(f"cannot read the p bank {path} as a .npy array ({type(e).__name__})") from None
     else:
         from training.dataset import ImageLabelDataset
 
