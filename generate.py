@@ -287,6 +287,8 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
     from generation import studio as studio_app
     from generation.studio_state import Studio
 
+    if opts.overwrite:
+        raise UserError("--overwrite does nothing in the studio: it saves under a new number and never replaces a file")
     studio_app.import_gradio()  # the one-line install hint before any network is loaded
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: --host {host} serves the studio to every machine that can reach this one, without any "

@@ -130,6 +130,8 @@ def test_studio_on_every_interface_says_so(env, tmp_path, monkeypatch):  # noqa:
         in result.output
     result = run("studio", "--network", env["cond"], "--outdir", tmp_path, "--quiet")
     assert result.exit_code == 0 and "warning" not in result.output
+    assert "--overwrite does nothing in the studio" in _one_line_error(run("studio", "--network", env["cond"],
+                                                                           "--outdir", tmp_path, "--overwrite"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None, reason="face detector not installed")
