@@ -21,6 +21,8 @@ import click
 
 from torch_utils.errors import Group
 
+MAX_COUNT = 1_000_000  # synthetic images per dataset (their p are drawn up front: 1M x 257 floats, ~1 GB)
+
 
 def _check_resolution(resolution: int) -> None:
     # The generator needs a power of two; 8 is the smallest size the face still covers a few pixels at.
@@ -63,7 +65,7 @@ def common_options(fn):
             help="FR checkpoint (epoch_20.pth layout; default: cache dir)",
         ),
         click.option("--max-images", type=click.IntRange(min=1), default=None, help="Use only the first N sources"),
-        click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="FR batch"),
+        click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True, help="FR batch"),
         click.option(
             "--workers",
             type=click.IntRange(min=0),
@@ -72,6 +74,7 @@ def common_options(fn):
         ),
         click.option("--device", default="auto", show_default=True, help="FR device: auto, cpu, cuda, cuda:1, ..."),
         click.option("--progress/--no-progress", default=True, help="Show the tqdm progress bar"),
+        click.option("--overwrite", is_flag=True, help="Replace an existing --dest zip (a folder is never replaced)"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -108,8 +111,10 @@ def cli() -> None:
 def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> None:
     """Realign FFHQ from its 68 landmarks to the Deep3DFaceRecon framing at R and label it with FR."""
     from dataprep.builder import list_ffhq
+    from dataprep.dataset_writer import check_dest
 
     _check_resolution(opts["resolution"])
+    check_dest(opts["dest"], opts["overwrite"])  # before any work: an existing output is refused in one line
     items, used = _run(
         list_ffhq, source=source, landmarks_json=landmarks_json, landmark_set=landmark_set,
         max_images=opts["max_images"],
@@ -130,9 +135,11 @@ def ffhq(source: str, landmarks_json: str, landmark_set: str, **opts: Any) -> No
 def images(source: str, **opts: Any) -> None:
     """Align any folder of face photos (landmark files or detected faces) and label them with FR."""
     from dataprep.builder import list_image_folder
+    from dataprep.dataset_writer import check_dest
     from dataprep.photo_landmarks import detect_missing_landmarks
 
     _check_resolution(opts["resolution"])
+    check_dest(opts["dest"], opts["overwrite"])
     items = _run(list_image_folder, source=source, max_images=opts["max_images"])
     _run(detect_missing_landmarks, items=items, device=opts["device"], progress=opts["progress"], log=click.echo)
     _build_realigned(items, "images", source, opts)
@@ -148,7 +155,7 @@ def _build_realigned(items: list, mode: str, source: str, opts: dict[str, Any], 
 
 @cli.command()
 @click.option("--dest", required=True, type=click.Path(), help="Output .zip (or new folder)")
-@click.option("--count", type=click.IntRange(min=1), required=True, help="Number of images")
+@click.option("--count", type=click.IntRange(1, MAX_COUNT), required=True, help="Number of images")
 @click.option("--resolution", type=int, default=256, show_default=True, help="Output size R (power of 2)")
 @click.option("--seed", type=int, default=0, show_default=True, help="Image i depends only on (seed, i)")
 @click.option(
@@ -158,10 +165,11 @@ def _build_realigned(items: list, mode: str, source: str, opts: dict[str, Any], 
     help="BFM-layout .mat to render with (default: the built-in synthetic face model)",
 )
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Cap on --count for quick tries")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Render batch")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True, help="Render batch")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Compositing processes (0 = in-process)")
 @click.option("--device", default="cpu", show_default=True, help="Render device: cpu, cuda, auto")
 @click.option("--progress/--no-progress", default=True, help="Show the tqdm progress bar")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --dest zip (a folder is never replaced)")
 def synthetic(
     dest: str,
     count: int,
@@ -173,11 +181,14 @@ def synthetic(
     workers: int | None,
     device: str,
     progress: bool,
+    overwrite: bool,
 ) -> None:
     """Render synthetic faces with ground-truth p into random scenes (backgrounds, hair, hats, clothing)."""
+    from dataprep.dataset_writer import check_dest
     from dataprep.synthetic_scenes import build_synthetic_dataset
 
     _check_resolution(resolution)
+    check_dest(dest, overwrite)
     report = _run(
         build_synthetic_dataset,
         dest=dest,
@@ -189,6 +200,7 @@ def synthetic(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        overwrite=overwrite,
     )
     _finish(report)
 

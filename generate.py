@@ -28,8 +28,21 @@ import click
 import torch
 
 from generation import controlled as cg
-from generation.session import Options, SeedList, common_options, echo, open_fr, open_session, write
+from generation.session import (
+    Options,
+    SeedList,
+    check_grid,
+    common_options,
+    echo,
+    open_fr,
+    open_session,
+    refuse_existing_outputs,
+    write,
+)
+from torch_utils.checks import FiniteFloat
 from torch_utils.errors import Group, UserError
+from torch_utils.outputs import refuse_existing, save_image
+from training.dataset_checks import check_coeffs
 
 
 @click.group(cls=Group)
@@ -43,8 +56,11 @@ def cli() -> None:
 @click.option("--cols", default=8, show_default=True, type=click.IntRange(min=1), help="Grid width")
 def images(opts: Options, seeds: list[int], cols: int) -> None:
     """Plain samples: z and p from each seed, tiled into one grid."""
+    stem = f"grid-seeds{cg.format_seeds(seeds)}"
+    refuse_existing_outputs(opts, f"{stem}.png")
     s = open_session(opts, "images", needs_p=False)
-    write(s, cg.images_grid(s.sampler, seeds, s.bank, cols), f"grid-seeds{cg.format_seeds(seeds)}")
+    check_grid(s, len(seeds))
+    write(s, cg.images_grid(s.sampler, seeds, s.bank, cols), stem)
 
 
 @cli.command(short_help="Fig. 3: one attribute group resampled per column.")
@@ -57,7 +73,9 @@ def images(opts: Options, seeds: list[int], cols: int) -> None:
               help="Donors: evenly spaced quantiles (2%..98%) of the group's first varied coefficient, ascending")
 def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool) -> None:
     """A base face, then one attribute group (id+tex | exp | SH light | angles) from bank donors (fig. 3)."""
+    refuse_existing_outputs(opts, *(f"vary-{name}-seed{seed:04d}.png" for seed in seeds for name in attr))
     s = open_session(opts, "vary", needs_p=True)
+    check_grid(s, cols + 1)
     for seed in seeds:
         for name in attr:
             write(s, cg.vary_grid(s.sampler, seed, s.bank, name, cols, sweep), f"vary-{name}-seed{seed:04d}")
@@ -69,8 +87,10 @@ def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, swee
 @click.option("--z-seeds", type=SeedList(), default="100-106", show_default=True, help="Columns: z of each seed")
 def resample_z(opts: Options, seeds: list[int], z_seeds: list[int]) -> None:
     """Same p along each row, a different z in every column (fig. 4)."""
-    s = open_session(opts, "resample-z", needs_p=True)
     stem = f"resample-z-seeds{cg.format_seeds(seeds)}-z{cg.format_seeds(z_seeds)}"
+    refuse_existing_outputs(opts, f"{stem}.png")
+    s = open_session(opts, "resample-z", needs_p=True)
+    check_grid(s, len(seeds) * len(z_seeds))
     write(s, cg.resample_z_grid(s.sampler, seeds, z_seeds, s.bank), stem)
 
 
@@ -80,8 +100,10 @@ def resample_z(opts: Options, seeds: list[int], z_seeds: list[int]) -> None:
 @click.option("--p-seeds", type=SeedList(), default="100-106", show_default=True, help="Columns: p of each seed")
 def resample_p(opts: Options, seeds: list[int], p_seeds: list[int]) -> None:
     """Same z along each row, a different p in every column (fig. 8)."""
-    s = open_session(opts, "resample-p", needs_p=True)
     stem = f"resample-p-seeds{cg.format_seeds(seeds)}-p{cg.format_seeds(p_seeds)}"
+    refuse_existing_outputs(opts, f"{stem}.png")
+    s = open_session(opts, "resample-p", needs_p=True)
+    check_grid(s, len(seeds) * len(p_seeds))
     write(s, cg.resample_p_grid(s.sampler, seeds, p_seeds, s.bank), stem)
 
 
@@ -99,6 +121,7 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
 
     if not os.path.isdir(images_dir):
         raise UserError(f"--images: folder not found: {images_dir}")
+    refuse_existing_outputs(opts, f"reference-seeds{cg.format_seeds(seeds)}.png")
     s = open_session(opts, "reference", needs_p=True)
     ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
                           progress=opts.verbose, log=lambda msg: echo(opts, msg)).recon_ckpt  # fmt: skip
@@ -106,6 +129,7 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
     names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: echo(opts, m),
                                                  opts.outdir)  # fmt: skip
     echo(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
+    check_grid(s, (len(seeds) + 1) * (len(names) + 1))
     ref_p = cg.reconstruct(fr, ref_images, s.device, opts.batch)
     result = cg.reference_grid(s.sampler, seeds, s.bank, ref_images, ref_p, names)
     write(s, result, f"reference-seeds{cg.format_seeds(seeds)}")
@@ -125,9 +149,12 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
 def style_mix(opts: Options, row_seeds: list[int], col_seeds: list[int] | None, scale: tuple[str, ...],
               layers: list[int] | None, p_seed: int | None) -> None:  # fmt: skip
     """Style mixing (fig. 7): row source A's w+ with one scale's ws from column source B; p stays row A's."""
-    s = open_session(opts, "style-mix", needs_p=False)
     col_seeds = col_seeds or row_seeds
     tag = f"rows{cg.format_seeds(row_seeds)}-cols{cg.format_seeds(col_seeds)}"
+    refuse_existing_outputs(opts, *(f"style-mix-{n}-{tag}.png" for n in ([f"layers{cg.format_seeds(layers)}"]
+                                                                        if layers else scale)))  # fmt: skip
+    s = open_session(opts, "style-mix", needs_p=False)
+    check_grid(s, (len(row_seeds) + 1) * (len(col_seeds) + 1))
     jobs = [(f"layers{cg.format_seeds(layers)}", layers)] if layers else [(n, cg.style_layers(s.G, n)) for n in scale]
     if not any(idx for _, idx in jobs):
         raise UserError(f"--scale {'/'.join(scale)} selects no ws at {s.G.img_resolution}px; use --layers")
@@ -146,22 +173,23 @@ def style_mix(opts: Options, row_seeds: list[int], col_seeds: list[int] | None, 
 @click.option("--render-backend", default="auto", show_default=True, type=click.Choice(["auto", "torch", "nvdiffrast"]))
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--seeds", type=SeedList(), default="0", show_default=True, help="Each picks a base p, directions")
-@click.option("--eps", default=0.1, show_default=True, type=float, help="Step, in per-coefficient standard deviations")
-@click.option("--cell", default=64, show_default=True, type=click.IntRange(min=1), help="Pixel size of each map")
+@click.option("--eps", default=0.1, show_default=True, type=FiniteFloat(0, 10, lo_open=True),
+              help="Step, in per-coefficient standard deviations")  # fmt: skip
+@click.option("--cell", default=64, show_default=True, type=click.IntRange(1, 1024), help="Pixel size of each map")
+@click.option("--overwrite", is_flag=True, help="Replace output files that exist (default: refuse them)")
 def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | None, render_backend: str,
-                        device: str, seeds: list[int], eps: float, cell: int) -> None:  # fmt: skip
+                        device: str, seeds: list[int], eps: float, cell: int, overwrite: bool) -> None:  # fmt: skip
     """Fig. 2: |dc_l/dp| per synthesis layer l (rows, 4x4 up) and attribute group (columns: id, exp, illum, angle).
 
     Writes fig2-seed<S>.png and prints, per attribute, the fraction of feature pixels above 10% of the layer's
     peak (small = localised, as in the paper).
     """
-    import PIL.Image
-
     from generation.feature_derivatives import derivative_sparsity, feature_derivative_maps, maps_to_image
     from training.dataset import ImageLabelDataset
     from training.resolve import build_renderer, pick_device, resolve_assets
     from training.run.snapshot import load_network
 
+    refuse_existing([os.path.join(outdir, f"fig2-seed{seed:04d}.png") for seed in seeds], overwrite)
     dev = pick_device(device)
     G = load_network(network, dev)
     if G.synthesis.encoder is None:
@@ -170,12 +198,10 @@ def feature_derivatives(network: str, outdir: str, data: str | None, bfm: str | 
     bank = torch.as_tensor(ImageLabelDataset(resolved.data).labels, device=dev)
     renderer = build_renderer(resolved.bfm, render_backend, dev)
     std = bank.std(dim=0).clamp(min=1e-6)
-    os.makedirs(outdir, exist_ok=True)
     for seed in seeds:
         p = bank[torch.randint(len(bank), [], generator=torch.Generator().manual_seed(seed))]
         maps = feature_derivative_maps(G, renderer, p, std, eps=eps, seed=seed)
-        path = os.path.join(outdir, f"fig2-seed{seed:04d}.png")
-        PIL.Image.fromarray(maps_to_image(maps, cell)).save(path)
+        path = save_image(os.path.join(outdir, f"fig2-seed{seed:04d}.png"), maps_to_image(maps, cell), overwrite)
         sparsity = ", ".join(f"{k} {v:.3f}" for k, v in derivative_sparsity(maps).items())
         click.echo(f"{path}: active fraction {sparsity}")
 
@@ -195,15 +221,17 @@ def invert(opts: Options, images_path: str, steps: int, w_plus: bool, refine_p: 
     """Detect + align each photo, estimate p with FR, optimise w and the noise maps; print PSNR per photo."""
     from dataprep.builder import sha256_file
     from generation.inversion import InversionOptions
-    from generation.real_edit import invert_photos, list_photos
+    from generation.real_edit import inversion_outputs, invert_photos, list_photos
 
     options = InversionOptions(steps=steps, w_plus=w_plus, refine_p=refine_p, seed=seed)
     options.check()
     paths = list_photos(images_path)
+    refuse_existing([out for path in paths for out in inversion_outputs(path, opts.outdir)], opts.overwrite)
     s = open_session(opts, "invert", needs_p=True)
     fr = open_fr(s, recon_ckpt)
     invert_photos(s.G, fr, s.sampler.renderer, paths, opts.outdir, options, opts.network,
-                  sha256_file(opts.network), vgg, log=click.echo, progress=opts.verbose)  # fmt: skip
+                  sha256_file(opts.network), vgg, log=click.echo, progress=opts.verbose,
+                  overwrite=opts.overwrite)  # fmt: skip
 
 
 @cli.command(short_help="Edit one 3DMM group of an inverted photo.")
@@ -214,7 +242,8 @@ def invert(opts: Options, images_path: str, steps: int, w_plus: bool, refine_p: 
 @click.option("--pitch", help="angle: pitch values in degrees, e.g. -15,15")
 @click.option("--light-dir", multiple=True, help="illum: light direction x,y,z (x right, y up, z to the viewer; "
               "repeatable) [default: left, right, top, bottom]")  # fmt: skip
-@click.option("--light-strength", default=0.5, show_default=True, type=float, help="illum: directional strength")
+@click.option("--light-strength", default=0.5, show_default=True, type=FiniteFloat(-10, 10),
+              help="illum: directional strength")  # fmt: skip
 @click.option("--scale", help="exp/id: multiply the group, e.g. 0,0.5,1.5,2 [exp default]")
 @click.option("--from-image", multiple=True, help="exp/id: take the group from this photo via FR (repeatable)")
 @click.option("--seeds", type=SeedList(), help="exp/id: take the group from p-bank rows of these seeds")
@@ -227,16 +256,21 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
     from generation import real_edit
     from generation.inversion import load_latent
 
+    stem = os.path.basename(latent).removesuffix(".npz").removesuffix("-latent")
+    path = os.path.join(opts.outdir, f"{stem}-edit-{attr}.png")
+    refuse_existing([path], opts.overwrite)
     s = open_session(opts, "edit", needs_p=True)
     lat = load_latent(latent, s.G, sha256_file(opts.network))
+    check_coeffs(lat.p, f"--latent {latent}: p")
     photo_p = lambda paths: real_edit.photos_p(paths, open_fr(s, recon_ckpt), s.G.img_resolution, opts.outdir)
     edits, labels = real_edit.build_edits(lat.p, attr, yaw=yaw, pitch=pitch, light_dirs=light_dir,
                                           light_strength=light_strength, scale=scale, seeds=seeds, bank=s.bank,
                                           from_images=from_image, photo_p=photo_p)  # fmt: skip
+    check_coeffs(edits, f"--attr {attr} edits")
+    check_grid(s, len(edits) + 2)
     result = real_edit.render_edits(s.G, s.sampler.renderer, lat, edits, attr, labels, opts.batch)
     recon = real_edit.render_edits(s.G, s.sampler.renderer, lat, lat.p[None], attr, ["reconstruction"]).images[0]
-    stem = os.path.basename(latent).removesuffix(".npz").removesuffix("-latent")
-    path = real_edit.save_edit_grid(os.path.join(opts.outdir, f"{stem}-edit-{attr}.png"), lat.target, recon, result)
+    path = real_edit.save_edit_grid(path, lat.target, recon, result, overwrite=opts.overwrite)
     groups = ", ".join(result.changed) or "nothing (every edit equals the photo's p)"
     click.echo(f"{path}: [target, reconstruction, {', '.join(labels)}]; changed only p[{groups}], w and noise kept")
 
@@ -253,7 +287,13 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
     from generation import studio as studio_app
     from generation.studio_state import Studio
 
+    if opts.overwrite:
+        raise UserError("--overwrite does nothing in the studio: it saves under a new number and never replaces a file")
     studio_app.import_gradio()  # the one-line install hint before any network is loaded
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: --host {host} serves the studio to every machine that can reach this one, without any "
+                   "login (anyone can render, upload photos and save files into --outdir); use 127.0.0.1 with an SSH "
+                   "tunnel unless the network is trusted", err=True)  # fmt: skip
     s = open_session(opts, "studio", needs_p=False)
     fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.needs else None
     inverter = None

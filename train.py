@@ -32,6 +32,17 @@ from training.run.run_dir import RunLock, create_run_dir, lock_existing_run, nex
 RESUME_OVERRIDABLE = ("kimg", "snap", "tick_kimg", "workers", "metrics", "gpus", "batch_gpu", "device")
 
 
+def refuse_ignored_with_resume(resume: str | None) -> None:
+    """--cfg (any --resume) and --outdir (unless --resume latest, which searches it) would be ignored: one line."""
+    ctx = click.get_current_context()
+    given = lambda name: ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)  # noqa: E731
+    ignored = [flag for name, flag in (("cfg", "--cfg"), ("outdir", "--outdir")) if given(name)
+               and not (name == "outdir" and resume == "latest")]  # fmt: skip
+    if resume is not None and ignored:
+        raise UserError(f"--resume continues the saved config in the run's own directory; {' and '.join(ignored)} "
+                        "would be ignored: leave them out (only --resume latest uses --outdir, to find the run)")
+
+
 class _Tee:
     """Copies everything written to a stream into log.txt as well."""
 
@@ -132,6 +143,7 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
     outdir, desc = flags.pop("outdir"), flags.pop("desc")
     if resume is not None and flags.get("init_from") is not None:
         raise UserError("--init-from starts a new run from pretrained weights, --resume continues a run: pass one")
+    refuse_ignored_with_resume(resume)
     resume_state = None
     if resume is not None:
         resume_state = snapshot.resolve_resume(resume, outdir, log=print)

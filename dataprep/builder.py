@@ -22,10 +22,8 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
-import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -36,8 +34,10 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from dataprep.dataset_writer import DatasetWriter
 from dataprep.landmarks import landmarks_outside
 from deep3drecon.landmarks import check_landmarks, load_landmarks
+from deep3drecon.photo import read_photo
 from torch_utils.errors import UserError, first_line
 from torch_utils.misc import pick_device
 
@@ -137,66 +137,6 @@ class SkipReport:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Atomic dataset writer.
-
-
-class DatasetWriter:
-    """Writes images + dataset.json into a zip (ZIP_STORED) or a new folder; visible at `dest` only on success.
-
-    Everything goes to a hidden temporary sibling first; `close()` renames it into place (os.replace: atomic on
-    one file system), an exception inside the `with` block deletes it, so a crash never leaves a half dataset.
-    """
-
-    def __init__(self, dest: str | os.PathLike) -> None:
-        self.dest = Path(dest)
-        self.is_zip = self.dest.suffix.lower() == ".zip"
-        if not self.is_zip and self.dest.exists() and (not self.dest.is_dir() or any(self.dest.iterdir())):
-            raise UserError(f"--dest {self.dest} exists and is not an empty folder; pick a new path or a .zip")
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.dest.with_name(f".{self.dest.name}.{os.getpid()}.tmp")
-        self._zip: zipfile.ZipFile | None = None
-        if self.is_zip:
-            self._zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
-        else:
-            self.tmp.mkdir()
-
-    def write(self, name: str, data: bytes) -> None:
-        """Store `data` under the relative name `name` (forward slashes)."""
-        if self._zip is not None:
-            self._zip.writestr(name, data)
-        else:
-            path = self.tmp / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-    def write_json(self, name: str, obj: Any) -> None:
-        """Store `obj` as compact UTF-8 JSON."""
-        self.write(name, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
-
-    def close(self) -> None:
-        """Finish and atomically move the result to `dest` (an existing zip at `dest` is replaced)."""
-        if self._zip is not None:
-            self._zip.close()
-        if not self.is_zip and self.dest.is_dir():
-            self.dest.rmdir()  # empty (checked in __init__); os.replace cannot replace a directory
-        os.replace(self.tmp, self.dest)
-
-    def abort(self) -> None:
-        """Delete the temporary output."""
-        if self._zip is not None:
-            self._zip.close()
-        if self.tmp.is_dir():
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -356,11 +296,10 @@ def prepare_item(item: SourceItem, resolution: int, fr_size: int) -> Prepared | 
             return Skipped(item, f"no landmarks ({item.landmarks_path or 'none in the json'})")
     except (ValueError, OSError) as exc:
         return Skipped(item, f"bad landmarks: {exc}")
-    try:
-        with PIL.Image.open(item.image_path) as img:
-            image = img.convert("RGB")  # forces the full decode here, so truncated files fail here
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        return Skipped(item, f"cannot read image: {type(exc).__name__}: {first_line(exc)}")
+    try:  # the one photo reader: pixel budget from the header, EXIF orientation, full decode (truncation fails here)
+        image = read_photo(item.image_path, item.name)
+    except UserError as exc:
+        return Skipped(item, str(exc))
     outside = landmarks_outside(lm, image.width, image.height)
     if outside:
         return Skipped(item, f"bad landmarks: {outside}")
@@ -394,6 +333,7 @@ def build_realigned_dataset(
     items: list[SourceItem], dest: str | os.PathLike, resolution: int, recon_ckpt: str | os.PathLike | None,
     bfm: str | os.PathLike | None = None, *, mode: str = "images", source: str = "", device: str = "auto",
     batch_size: int = 32, workers: int | None = None, progress: bool = True, extra_meta: dict | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Align every item at `resolution`, label it with FR, write the dataset atomically -> report dict.
 
@@ -441,7 +381,7 @@ def build_realigned_dataset(
         pending.clear()
 
     with (
-        DatasetWriter(dest) as writer,
+        DatasetWriter(dest, overwrite) as writer,
         tqdm(total=len(items), unit="img", disable=not progress, desc=f"{mode} -> {Path(dest).name}") as bar,
     ):
         for result in ordered_map(partial(prepare_item, resolution=resolution, fr_size=fr_size), items, workers):

@@ -13,8 +13,6 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import PIL.Image
-
 from dataprep.builder import SourceItem
 from torch_utils.errors import UserError
 
@@ -33,6 +31,7 @@ def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", prog
     from tqdm import tqdm
 
     from deep3drecon.landmarks import NoFaceError, detect_landmarks, load_face_detector, write_landmarks
+    from deep3drecon.photo import read_photo
     from torch_utils.misc import pick_device
 
     try:
@@ -46,13 +45,12 @@ def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", prog
     several = 0
     for it in tqdm(missing, unit="img", desc="detecting faces", disable=not progress):
         try:
-            with PIL.Image.open(it.image_path) as img:
-                lm, count = detect_landmarks(img.convert("RGB"), detector, it.name)
+            lm, count = detect_landmarks(read_photo(it.image_path, it.name), detector, it.name)
         except NoFaceError:
             it.skip_reason = "no landmarks file and no face found by the detector"
             continue
-        except Exception as exc:  # unreadable files are reported by the decode step with the same wording
-            it.skip_reason = f"cannot read image: {type(exc).__name__}: {str(exc)[:120]}"
+        except UserError as exc:  # unreadable or above the pixel budget: the same wording as the decode step
+            it.skip_reason = str(exc)
             continue
         path = Path(it.image_path)
         it.landmarks_path = str(write_landmarks(path.with_name(f"{path.stem}_landmarks.txt"), lm))

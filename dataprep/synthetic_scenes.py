@@ -335,6 +335,7 @@ def build_synthetic_dataset(
     batch_size: int = 16,
     workers: int | None = None,
     device: str = "cpu",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Render `count` synthetic faces at `resolution` into a labelled dataset zip/folder (atomic) -> report dict.
 
@@ -357,7 +358,7 @@ def build_synthetic_dataset(
 
     labels = []
     with (
-        DatasetWriter(dest) as writer,
+        DatasetWriter(dest, overwrite) as writer,
         tqdm(total=count, unit="img", disable=not progress, desc=f"synthetic -> {Path(dest).name}") as bar,
     ):
         for index, png in ordered_map(_compose_and_encode, jobs(), workers, max_inflight=2 * batch_size):

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from torch_utils.errors import UserError, first_line
+from torch_utils.outputs import output_file
 
 __all__ = [
     "FACES_EXTRA_HINT",
@@ -291,10 +292,13 @@ def landmarks_path_for(image_path: str | os.PathLike, outdir: str | os.PathLike 
 
 
 def write_landmarks(path: str | os.PathLike, landmarks: np.ndarray) -> Path:
-    """Write landmarks [5, 2] as 5 rows `x y` (y-down pixels); returns the path."""
+    """Write landmarks [5, 2] as 5 rows `x y` (y-down pixels); returns the path.
+
+    Written whole or not at all (torch_utils.outputs; a full disk is one line). A file there is replaced: it is only
+    ever written where no landmark file was found, and the detector gives the same points again."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savetxt(path, np.asarray(landmarks, dtype=np.float64).reshape(-1, 2), fmt="%.2f")
+    with output_file(path, overwrite=True) as f:
+        np.savetxt(f, np.asarray(landmarks, dtype=np.float64).reshape(-1, 2), fmt="%.2f")
     return path
 
 
@@ -339,5 +343,6 @@ def find_or_detect_landmarks(image_path: str | os.PathLike, image: Image.Image, 
             return load_landmarks(candidate), f"landmarks from {candidate}"
     landmarks, count = detect_landmarks(image, detector_factory(), image_path.name)
     written = write_landmarks(landmarks_path_for(image_path, outdir), landmarks)
-    note = f"; {count} faces found, using the largest" if count > 1 else ""
+    x, y = np.asarray(landmarks).mean(axis=0)
+    note = f"; {count} faces found, using the largest (centred at x={x:.0f}, y={y:.0f})" if count > 1 else ""
     return landmarks, f"detected landmarks written to {written}{note}"

@@ -24,10 +24,12 @@ from PIL import Image
 from deep3drecon.assets import resolve_bfm, resolve_recon_checkpoint
 from deep3drecon.face_model import FaceModel
 from deep3drecon.landmarks import load_landmarks
+from deep3drecon.photo import read_photo
 from deep3drecon.recon_net import FR_INPUT_SIZE, load_recon_net
 from deep3drecon.reconstructor import FaceReconstructor
 from torch_utils.errors import Command, UserError
 from torch_utils.misc import pick_device, quantize_uint8
+from torch_utils.outputs import output_file, refuse_existing, save_image
 
 
 @dataclass
@@ -79,6 +81,7 @@ def reconstruct_image(
 @click.option("--outdir", type=click.Path(file_okay=False), required=True)
 @click.option("--backend", type=click.Choice(["auto", "torch", "nvdiffrast"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--overwrite", is_flag=True, help="Replace output files that exist (default: refuse them)")
 def main(
     image_path: str,
     landmarks_path: str | None,
@@ -87,17 +90,20 @@ def main(
     outdir: str,
     backend: str,
     device: str,
+    overwrite: bool,
 ) -> None:
     """Fit Deep3DFaceRecon coefficients to one face image and save crop, coefficients and overlay."""
     from deep3drecon.render import Renderer
 
+    out, stem = Path(outdir), Path(image_path).stem
+    outputs = [out / f"{stem}_crop.png", out / f"{stem}_coeffs.npy", out / f"{stem}_overlay.png"]
+    refuse_existing(outputs, overwrite)
     try:
         # Validate every input before any heavy work, so mistakes surface as one line.
         bfm_path = resolve_bfm(bfm)
         ckpt_path = resolve_recon_checkpoint(checkpoint)
         dev = pick_device(device)
-        image = Image.open(image_path)
-        image.load()
+        image = read_photo(image_path)
         if landmarks_path is not None:
             landmarks = load_landmarks(landmarks_path)
         else:
@@ -111,12 +117,10 @@ def main(
         result = reconstruct_image(image, landmarks, fr, renderer)
     except OSError as exc:  # unreadable image or model file: one line, like every UserError
         raise UserError(f"{exc}") from None
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = Path(image_path).stem
-    result.crop.save(out / f"{stem}_crop.png")
-    np.save(out / f"{stem}_coeffs.npy", result.coeffs)
-    result.overlay.save(out / f"{stem}_overlay.png")
+    save_image(outputs[0], result.crop, overwrite)
+    with output_file(outputs[1], overwrite) as f:
+        np.save(f, result.coeffs)
+    save_image(outputs[2], result.overlay, overwrite)
     click.echo(f"renderer backend {renderer.backend}; wrote {out / stem}_{{crop.png,coeffs.npy,overlay.png}}")
 
 

@@ -40,7 +40,6 @@ import os
 import time
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import click
 import numpy as np
@@ -51,7 +50,9 @@ from tqdm import tqdm
 
 from deep3drecon.face_model import COEFF_SLICES
 from deep3drecon.recon_net import ReconNet, save_recon_net
+from torch_utils.checks import FiniteFloat
 from torch_utils.errors import Command, UserError
+from torch_utils.outputs import refuse_existing, write_bytes
 
 
 @dataclass
@@ -252,15 +253,17 @@ def read_dataset_zip(path: str | os.PathLike) -> FRTrainingSet:
 @click.option("--steps", type=click.IntRange(min=1), default=SyntheticFRConfig.steps, show_default=True)
 @click.option("--batch", type=click.IntRange(min=2), default=SyntheticFRConfig.batch, show_default=True)
 @click.option("--backbone", type=click.Choice(["small", "resnet18", "resnet34", "resnet50"]), default="small")
-@click.option("--lr", type=float, default=SyntheticFRConfig.lr, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, 10, lo_open=True), default=SyntheticFRConfig.lr, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--metrics", type=click.Path(dir_okay=False), default=None, help="Also write the errors as JSON here")
-def main(data: str, eval_data: str, out: str, metrics: str | None, **kwargs) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --out / --metrics if they exist (default: refuse them)")
+def main(data: str, eval_data: str, out: str, metrics: str | None, overwrite: bool, **kwargs) -> None:
     """Train a small face reconstructor on a labelled dataset and report its per-group held-out error."""
+    refuse_existing([out, *([metrics] if metrics else [])], overwrite)  # before minutes of training
     result = train_synthetic_fr(SyntheticFRConfig(**kwargs), read_dataset_zip(data), read_dataset_zip(eval_data),
                                 out=out, progress=True)
     if metrics:
-        Path(metrics).write_text(json.dumps(result, indent=2) + "\n")
+        write_bytes(metrics, (json.dumps(result, indent=2) + "\n").encode(), overwrite)
 
 
 if __name__ == "__main__":

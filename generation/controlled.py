@@ -29,8 +29,10 @@ import tqdm
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from torch_utils.errors import UserError
 from torch_utils.misc import quantize_uint8
+from torch_utils.outputs import output_file, refuse_existing, save_image
 from training.condition import Condition
 from training.dataset import IMAGE_EXTENSIONS
+from training.dataset_checks import check_coeffs
 from training.rep import make_rep, rep_render
 
 # Attribute groups of p edited by `vary` (identity = id + tex, see deep3drecon.coeffs).
@@ -43,6 +45,8 @@ STYLE_SCALES: dict[str, tuple[int, int | None]] = {"coarse": (4, 8), "middle": (
 # `vary --sweep`: donors from the 2% to the 98% quantile of the group's first varied coefficient (the extremes of a
 # bank are often outliers; 2-98% spans +-2 std of a normal prior).
 SWEEP_QUANTILES: tuple[float, float] = (0.02, 0.98)
+# Seeds one list may name (one image each; grids are further capped by their pixel count in generation.session).
+MAX_SEEDS = 100_000
 # Separate random streams per purpose, so bank picks never correlate with z of the same seed.
 _P_STREAM, _DONOR_STREAM = 1, 2
 
@@ -52,19 +56,24 @@ _P_STREAM, _DONOR_STREAM = 1, 2
 
 
 def parse_seeds(spec: str) -> list[int]:
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (order kept, ranges inclusive); UserError on anything else."""
-    seeds: list[int] = []
-    for part in spec.replace(" ", "").split(","):
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11] (order kept, ranges inclusive); UserError on anything else,
+    including a list of more than MAX_SEEDS seeds (counted before any is made)."""
+    parts = spec.replace(" ", "").split(",")
+    ranges = []
+    for part in parts:
         lo, sep, hi = part.partition("-")
         if not lo.isdigit() or (sep and not hi.isdigit()):
-            raise UserError(f"bad seed list {spec!r}: use non-negative integers and ranges like '0-31,40'")
+            raise UserError(f"bad seed list {spec[:80]!r}: use non-negative integers and ranges like '0-31,40'")
         a, b = int(lo), int(hi) if sep else int(lo)
         if b < a:
-            raise UserError(f"bad seed range {part!r} in {spec!r}: the end is smaller than the start")
+            raise UserError(f"bad seed range {part[:40]!r}: the end is smaller than the start")
         if b >= 2**32:
             raise UserError(f"seed {b} is too large (seeds must be < 2**32)")
-        seeds.extend(range(a, b + 1))
-    return seeds
+        ranges.append((a, b))
+    count = sum(b - a + 1 for a, b in ranges)
+    if count > MAX_SEEDS:
+        raise UserError(f"{spec[:80]!r} names {count} seeds; at most {MAX_SEEDS} per list: split it over several runs")
+    return [s for a, b in ranges for s in range(a, b + 1)]
 
 
 def format_seeds(seeds: Sequence[int]) -> str:
@@ -157,7 +166,10 @@ def load_p_bank(path: str) -> torch.Tensor:
     if path.endswith(".npy"):
         if not os.path.isfile(path):
             raise UserError(f"p bank not found: {path}")
-        bank = np.load(path, allow_pickle=False)
+        try:
+            bank = np.load(path, allow_pickle=False)
+        except Exception as e:  # not a .npy, truncated, object arrays: one line
+            raise UserError(f"cannot read the p bank {path} as a .npy array ({type(e).__name__})") from None
     else:
         from training.dataset import ImageLabelDataset
 
@@ -165,9 +177,7 @@ def load_p_bank(path: str) -> torch.Tensor:
     bank = np.asarray(bank, dtype=np.float32)
     if bank.ndim != 2 or bank.shape[0] < 1 or bank.shape[1] != NUM_COEFFS:
         raise UserError(f"{path}: expected 3DMM coefficients [M, {NUM_COEFFS}], got shape {list(bank.shape)}")
-    if not np.isfinite(bank).all():
-        raise UserError(f"{path}: the p bank contains NaN or inf")
-    return torch.from_numpy(bank)
+    return torch.from_numpy(check_coeffs(bank, f"p bank {path}"))  # finite, each group in the labels' range
 
 
 def load_reference_images(folder: str, size: int, landmarks: bool = False, log=None,
@@ -182,6 +192,7 @@ def load_reference_images(folder: str, size: int, landmarks: bool = False, log=N
     """
     from deep3drecon.align import align_face
     from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
+    from deep3drecon.photo import read_photo
 
     detector: list = []
     get_detector = lambda: detector[0] if detector else (detector.append(load_face_detector()) or detector[0])
@@ -194,7 +205,7 @@ def load_reference_images(folder: str, size: int, landmarks: bool = False, log=N
     stems, images = [], []
     for name in files:
         stem = os.path.splitext(name)[0]
-        image = PIL.Image.open(os.path.join(folder, name)).convert("RGB")
+        image = read_photo(os.path.join(folder, name), name)  # upright RGB, pixel budget, one line if unreadable
         if landmarks:
             candidates = [os.path.join(folder, f"{stem}{suffix}.txt") for suffix in ("", "_landmarks")]
             candidates.append(os.path.join(folder, "detections", f"{stem}.txt"))
@@ -467,22 +478,20 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 
 def save_grid(result: GridResult, outdir: str, stem: str, show_rep: bool = False,
-              save_images: bool = False) -> list[str]:  # fmt: skip
+              save_images: bool = False, overwrite: bool = False) -> list[str]:  # fmt: skip
     """Write <stem>.png, <stem>-p.npy ([rows, cols, 257] p per cell, NaN for empty cells) and, with save_images,
-    <stem>/<cell name>.png per generated cell; returns the written paths."""
-    os.makedirs(outdir, exist_ok=True)
-    path = os.path.join(outdir, f"{stem}.png")
-    PIL.Image.fromarray(to_uint8(compose_grid(result, show_rep))).save(path)
-    written = [path]
+    <stem>/<cell name>.png per generated cell; returns the written paths. An existing file is refused (one line,
+    nothing written) unless overwrite (torch_utils.outputs)."""
+    grid, p_file = os.path.join(outdir, f"{stem}.png"), os.path.join(outdir, f"{stem}-p.npy")
+    cells = [os.path.join(outdir, stem, f"{name}.png") for name in result.names] if save_images else []
+    refuse_existing([grid, *([p_file] if result.p is not None else []), *cells], overwrite)
+    written = [save_image(grid, to_uint8(compose_grid(result, show_rep)), overwrite)]
     if result.p is not None:
         p = np.full([result.rows * result.cols, NUM_COEFFS], np.nan, dtype=np.float32)
         p[: len(result.p)] = result.p.cpu().numpy()
-        written.append(os.path.join(outdir, f"{stem}-p.npy"))
-        np.save(written[-1], p.reshape(result.rows, result.cols, NUM_COEFFS))
-    if save_images:
-        folder = os.path.join(outdir, stem)
-        os.makedirs(folder, exist_ok=True)
-        for k, name in enumerate(result.names):
-            written.append(os.path.join(folder, f"{name}.png"))
-            PIL.Image.fromarray(to_uint8(result.cells.images[k])).save(written[-1])  # the sample alone
+        with output_file(p_file, overwrite) as f:
+            np.save(f, p.reshape(result.rows, result.cols, NUM_COEFFS))
+        written.append(p_file)
+    for k, path in enumerate(cells):
+        written.append(save_image(path, to_uint8(result.cells.images[k]), overwrite))  # the sample alone
     return written

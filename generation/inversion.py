@@ -33,6 +33,7 @@ from torch.func import functional_call
 from deep3drecon.coeffs import NUM_COEFFS
 from generation.controlled import to_uint8
 from torch_utils.errors import UserError
+from torch_utils.outputs import output_file
 from training.condition import Condition
 from training.rep import make_rep
 
@@ -332,15 +333,17 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
 # The latent file.
 
 
-def save_latent(path: str, result: InversionResult, network_path: str, network_sha256: str) -> None:
+def save_latent(path: str, result: InversionResult, network_path: str, network_sha256: str,
+                overwrite: bool = False) -> None:  # fmt: skip
     """<stem>-latent.npz: p [257], p_fr [257], ws [num_ws, w_dim], w_plus, noise maps, the aligned target
-    (uint8 [R, R, 3]), network path and sha256."""
+    (uint8 [R, R, 3]), network path and sha256. An existing file is refused unless overwrite."""
     arrays = {f"noise/{k}": v.numpy() for k, v in result.noise.items()}
-    np.savez(path, format=np.int64(LATENT_FORMAT), p=result.p.numpy(), p_fr=result.p_fr.numpy(),
-             target=to_uint8(result.target),
-             ws=result.ws.numpy(), w_plus=np.bool_(result.w_plus), psnr=np.float64(result.psnr),
-             network=np.str_(os.path.abspath(network_path)), network_sha256=np.str_(network_sha256),
-             **arrays)  # fmt: skip
+    with output_file(path, overwrite) as f:
+        np.savez(f, format=np.int64(LATENT_FORMAT), p=result.p.numpy(), p_fr=result.p_fr.numpy(),
+                 target=to_uint8(result.target),
+                 ws=result.ws.numpy(), w_plus=np.bool_(result.w_plus), psnr=np.float64(result.psnr),
+                 network=np.str_(os.path.abspath(network_path)), network_sha256=np.str_(network_sha256),
+                 **arrays)  # fmt: skip
 
 
 @dataclass

@@ -17,14 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import PIL.Image
 import torch
 
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from deep3drecon.face_model import INIT_LIT
+from deep3drecon.photo import read_photo  # noqa: F401 (the one photo reader; studio_state imports it from here)
 from generation.controlled import to_uint8
 from generation.inversion import Latent, photo_condition, synthesize
 from torch_utils.errors import UserError
+from torch_utils.outputs import refuse_existing, save_image
 
 DEFAULT_YAWS = (-30.0, -15.0, 15.0, 30.0)
 DEFAULT_LIGHTS = ((-1.0, 0.0, 0.6), (1.0, 0.0, 0.6), (0.0, 1.0, 0.6), (0.0, -1.0, 0.6))
@@ -133,13 +134,13 @@ def render_edits(G: torch.nn.Module, renderer: torch.nn.Module, latent: Latent, 
     return EditResult(edits.cpu(), torch.cat(images), list(labels), changed)
 
 
-def save_edit_grid(path: str, target: torch.Tensor | None, reconstruction: torch.Tensor, edits: EditResult) -> str:
-    """One row PNG: [target (if known), reconstruction, edit 1, ...], each [3, R, R] in [-1, 1]; returns the path."""
+def save_edit_grid(path: str, target: torch.Tensor | None, reconstruction: torch.Tensor, edits: EditResult,
+                   overwrite: bool = False) -> str:  # fmt: skip
+    """One row PNG: [target (if known), reconstruction, edit 1, ...], each [3, R, R] in [-1, 1]; returns the path.
+    An existing file is refused unless overwrite (torch_utils.outputs)."""
     tiles = ([target] if target is not None else []) + [reconstruction] + list(edits.images)
     row = torch.cat([t.float().cpu() for t in tiles], dim=2)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    PIL.Image.fromarray(to_uint8(row)).save(path)
-    return path
+    return save_image(path, to_uint8(row), overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -149,9 +150,12 @@ def save_edit_grid(path: str, target: torch.Tensor | None, reconstruction: torch
 def parse_floats(spec: str, what: str) -> list[float]:
     """'-30,-15,15' -> [-30.0, -15.0, 15.0]; UserError naming `what` on anything else."""
     try:
-        return [float(v) for v in spec.replace(" ", "").split(",") if v != ""]
+        values = [float(v) for v in spec.replace(" ", "").split(",") if v != ""]
     except ValueError:
-        raise UserError(f"{what}: expected comma-separated numbers like -30,-15,15, got {spec!r}") from None
+        raise UserError(f"{what}: expected comma-separated numbers like -30,-15,15, got {spec[:80]!r}") from None
+    if not all(map(math.isfinite, values)):
+        raise UserError(f"{what}: {spec[:80]!r} holds NaN or inf; give finite numbers")
+    return values
 
 
 def list_photos(path: str) -> list[str]:
@@ -168,29 +172,25 @@ def list_photos(path: str) -> list[str]:
     return files
 
 
-def read_photo(path: str, name: str | None = None) -> PIL.Image.Image:
-    """Decode a photo to RGB; UserError (one line naming the file, as `name` if given) if it cannot be read.
-
-    The one photo reader of generate.py invert / edit and the studio's uploads."""
-    try:
-        with PIL.Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:  # PIL raises many types for damaged / non-image files
-        raise UserError(f"cannot read {name or path} as an image ({type(exc).__name__})") from None
+def inversion_outputs(path: str, outdir: str) -> list[str]:
+    """The files `invert` writes for the photo at `path`: <stem>-target.png, -projected.png, -latent.npz."""
+    base = os.path.join(outdir, os.path.splitext(os.path.basename(path))[0])
+    return [f"{base}-target.png", f"{base}-projected.png", f"{base}-latent.npz"]
 
 
 def invert_photos(G: torch.nn.Module, fr: torch.nn.Module, renderer: torch.nn.Module, paths: Sequence[str],
                   outdir: str, options, network_path: str, network_sha256: str, vgg_path: str | None = None,
-                  log=print, progress: bool = True) -> list[tuple[str, float]]:  # fmt: skip
+                  log=print, progress: bool = True, overwrite: bool = False) -> list[tuple[str, float]]:  # fmt: skip
     """Invert each photo; writes <stem>-target.png, <stem>-projected.png, <stem>-latent.npz -> [(stem, PSNR dB)].
 
     A single photo that cannot be used (unreadable, no face, bad landmarks) is one UserError line; in a folder such
-    photos are skipped and listed at the end.
+    photos are skipped and listed at the end. Existing outputs are refused before any work unless overwrite.
     """
     from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
     from generation.inversion import PhotoLoss, invert_image, prepare_photo, save_latent
 
     options.check()
+    refuse_existing([out for path in paths for out in inversion_outputs(path, outdir)], overwrite)
     loss = PhotoLoss(fr, vgg_path, pixel_weight=options.pixel_weight, feature_weight=options.feature_weight)
     detector = []  # built on first use only: photos with landmark files never need the faces extra
 
@@ -214,9 +214,10 @@ def invert_photos(G: torch.nn.Module, fr: torch.nn.Module, renderer: torch.nn.Mo
         target = prepare_photo(image, G.img_resolution, landmarks=landmarks).target
         result = invert_image(G, fr, renderer, target, options, loss, progress=progress, desc=stem)
         base = os.path.join(outdir, stem)
-        PIL.Image.fromarray(to_uint8(result.target)).save(f"{base}-target.png")
-        PIL.Image.fromarray(to_uint8(result.projected)).save(f"{base}-projected.png")
-        save_latent(f"{base}-latent.npz", result, network_path, network_sha256)
+        target_png, projected_png, latent_npz = inversion_outputs(path, outdir)
+        save_image(target_png, to_uint8(result.target), overwrite)
+        save_image(projected_png, to_uint8(result.projected), overwrite)
+        save_latent(latent_npz, result, network_path, network_sha256, overwrite=overwrite)
         log(f"{stem}: PSNR {result.psnr:.2f} dB ({how}); wrote {base}-{{target.png,projected.png,latent.npz}}")
         done.append((stem, result.psnr))
     if skipped:

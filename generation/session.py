@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 
 import click
 import torch
 
 from generation import controlled as cg
+from torch_utils.checks import FiniteFloat
 from torch_utils.errors import UserError
+from torch_utils.outputs import refuse_existing
+
+# Every cell of a grid is held in memory (float32 image, render, composed grid): 2**28 px is ~10 GB at the peak.
+MAX_GRID_PIXELS = 2**28
 
 
 @dataclasses.dataclass
@@ -31,6 +37,7 @@ class Options:
     show_rep: bool
     save_images: bool
     verbose: bool
+    overwrite: bool
 
 
 @dataclasses.dataclass
@@ -66,9 +73,8 @@ def common_options(fn: Callable) -> Callable:
             "--network", required=True, help="network-snapshot-*.pt, training-state-*.pt or an NVIDIA StyleGAN2 .pkl"
         ),
         click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
-        click.option(
-            "--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=float, help="Truncation psi"
-        ),
+        click.option("--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=FiniteFloat(-2, 2),
+                     help="Truncation psi, in [-2, 2]"),  # fmt: skip
         click.option(
             "--noise-mode", default="const", show_default=True, type=click.Choice(["const", "random", "none"])
         ),
@@ -85,6 +91,7 @@ def common_options(fn: Callable) -> Callable:
         click.option("--show-rep", is_flag=True, help="Put the rep(p) render beside every sample"),
         click.option("--save-images", is_flag=True, help="Also write every generated cell as its own PNG"),
         click.option("--verbose/--quiet", default=True, show_default=True, help="Print progress"),
+        click.option("--overwrite", is_flag=True, help="Replace output files that exist (default: refuse them)"),
     ]
 
     @functools.wraps(fn)
@@ -137,10 +144,25 @@ def open_session(opts: Options, mode: str, needs_p: bool) -> Session:
     return Session(G, sampler, bank, config, device, opts)
 
 
+def refuse_existing_outputs(opts: Options, *names: str) -> None:
+    """Before any work: one line if an output file (`names` in --outdir) exists and --overwrite was not given."""
+    refuse_existing([os.path.join(opts.outdir, name) for name in names], opts.overwrite)
+
+
+def check_grid(s: Session, cells: int) -> None:
+    """One line when a grid of `cells` images of G's resolution would not fit in memory (all cells are held)."""
+    pixels = cells * s.G.img_resolution**2 * (2 if s.opts.show_rep else 1)
+    if pixels > MAX_GRID_PIXELS:
+        raise UserError(f"the grid would hold {cells} images of {s.G.img_resolution}x{s.G.img_resolution} px "
+                        f"({pixels / 1e6:.0f} Mpx, about {pixels * 36 / 2**30:.0f} GiB while it is built), more than "
+                        f"the {MAX_GRID_PIXELS / 1e6:.0f} Mpx one grid may hold; use fewer seeds")  # fmt: skip
+
+
 def write(session: Session, result: cg.GridResult, stem: str) -> None:
-    """Save one grid (and its p / per-cell files) and report where it went."""
+    """Save one grid (and its p / per-cell files; existing files refused unless --overwrite) and report it."""
     opts = session.opts
-    paths = cg.save_grid(result, opts.outdir, stem, show_rep=opts.show_rep, save_images=opts.save_images)
+    paths = cg.save_grid(result, opts.outdir, stem, show_rep=opts.show_rep, save_images=opts.save_images,
+                         overwrite=opts.overwrite)  # fmt: skip
     extra = f" (+{len(paths) - 1} files)" if len(paths) > 1 else ""
     echo(opts, f"wrote {paths[0]}{extra}")
 

@@ -30,7 +30,10 @@ from deep3drecon.coeffs import COEFF_SLICES, NUM_COEFFS
 from deep3drecon.face_model import INIT_LIT
 from generation import controlled as cg
 from generation.real_edit import read_photo
+from torch_utils.checks import check_number
 from torch_utils.errors import UserError
+from torch_utils.outputs import output_file, save_image, write_bytes
+from training.dataset_checks import check_coeffs
 from training.rep import rep_distance, rep_render
 
 NUM_EXP_SLIDERS = 8
@@ -158,6 +161,7 @@ class Inverted:
 
     p: np.ndarray
     ws: np.ndarray | None = None
+    note: str = ""  # e.g. which face of several was used
 
 
 Inverter = Callable[[PIL.Image.Image], Inverted]  # an aligned RGB photo -> its p (and latent)
@@ -172,10 +176,7 @@ def read_p_file(path: str) -> np.ndarray:
         raise UserError(f"cannot read {name} as a .npy array of 3DMM coefficients ({type(e).__name__})") from e
     if not isinstance(array, np.ndarray) or array.size != NUM_COEFFS or array.dtype.kind not in "fiu":
         raise UserError(f"{name}: expected one p of {NUM_COEFFS} numbers, got shape {list(np.shape(array))}")
-    p = array.reshape(NUM_COEFFS).astype(np.float32)
-    if not np.isfinite(p).all():
-        raise UserError(f"{name}: p contains NaN or inf")
-    return p
+    return check_coeffs(array.reshape(NUM_COEFFS), name)  # finite, each group in the dataset labels' range
 
 
 def fr_inverter(reconstructor: torch.nn.Module, resolution: int, device: torch.device) -> Inverter:
@@ -214,10 +215,14 @@ def inversion_inverter(G: torch.nn.Module, reconstructor: Callable[[], torch.nn.
                 detector.append(load_face_detector(device))
             except UserError:
                 detector.append(None)  # no faces extra: only aligned crops can be used
-        target = None
+        target, note = None, ""
         if detector[0] is not None:
             try:
-                target = prepare_photo(photo, res, detector=detector[0]).target
+                prepared = prepare_photo(photo, res, detector=detector[0])
+                target = prepared.target
+                if (prepared.num_faces or 0) > 1:
+                    x, y = np.asarray(prepared.landmarks).mean(axis=0)
+                    note = f"{prepared.num_faces} faces found, used the largest, centred at x={x:.0f}, y={y:.0f}"
             except NoFaceError:
                 if photo.width != photo.height:
                     raise
@@ -227,7 +232,7 @@ def inversion_inverter(G: torch.nn.Module, reconstructor: Callable[[], torch.nn.
                                 'install the face detector (pip install -e ".[faces]") to align raw photos')
             target = image_to_target(photo.resize((res, res), PIL.Image.Resampling.BICUBIC))
         result = invert_image(G, reconstructor(), renderer, target, InversionOptions(steps=steps), progress=False)
-        return Inverted(result.p.numpy().astype(np.float32), result.ws.numpy().astype(np.float32))
+        return Inverted(result.p.numpy().astype(np.float32), result.ws.numpy().astype(np.float32), note)
 
     return invert
 
@@ -341,7 +346,8 @@ class Studio:
         if ws is not None and ws.shape != (self.G.num_ws, self.G.w_dim):
             expected = [self.G.num_ws, self.G.w_dim]
             raise UserError(f"the inversion gave ws of shape {list(ws.shape)}, expected {expected}")
-        return Face(np.asarray(result.p, dtype=np.float32).reshape(NUM_COEFFS), os.path.basename(path), ws)
+        label = os.path.basename(path) + (f" ({result.note})" if result.note else "")
+        return Face(np.asarray(result.p, dtype=np.float32).reshape(NUM_COEFFS), label, ws)
 
     # ---------------------------------------------------------------- rendering
     @torch.no_grad()
@@ -350,7 +356,8 @@ class Studio:
         """G(z(z_seed) or the face's ws, rep(p)) with p = the face edited by controls, through cg.Sampler."""
         if noise_mode not in NOISE_MODES:
             raise UserError(f"noise mode must be one of {', '.join(NOISE_MODES)}, not {noise_mode!r}")
-        z_seed = int(z_seed)
+        psi = check_number(psi, "truncation psi", -2, 2)  # the API takes any number; NaN/inf would render garbage
+        z_seed = int(check_number(z_seed, "z seed", 0, 2**32 - 1))
         if not 0 <= z_seed < 2**32:
             raise UserError(f"z seed {z_seed} must be in 0..2**32-1")
         sampler = cg.Sampler(self.G, self.renderer, self.device, truncation_psi=float(psi), noise_mode=noise_mode,
@@ -358,6 +365,7 @@ class Studio:
         p = None
         if self.conditional:
             p = face.p if controls is None else apply_controls(face.p, controls)
+            p = check_coeffs(p, f"the p of {face.label}")  # as the dataset's labels: finite, plausible per group
         p_batch = None if p is None else torch.from_numpy(p)[None]
         if face.ws is not None:
             ws, z = torch.from_numpy(face.ws)[None], None
@@ -379,25 +387,25 @@ class Studio:
         os.makedirs(self.outdir, exist_ok=True)
         taken = {name.split(".")[0].split("-")[1] for name in os.listdir(self.outdir) if name.startswith("studio-")}
         number = next(k for k in range(len(taken) + 1) if f"{k:04d}" not in taken)
-        stem = os.path.join(self.outdir, f"studio-{number:04d}")
-        PIL.Image.fromarray(view.image).save(f"{stem}.png")
-        written = [f"{stem}.png"]
+        stem = os.path.join(self.outdir, f"studio-{number:04d}")  # a new number: nothing is ever replaced
+        written = [save_image(f"{stem}.png", view.image, overwrite=False)]
         meta = dict(network=self.network, face=face.label, z_seed=view.z_seed, truncation_psi=view.psi,
                     noise_mode=view.noise_mode)  # fmt: skip
         if view.p is not None:
-            np.save(f"{stem}-p.npy", view.p.reshape(1, NUM_COEFFS))
-            written.append(f"{stem}-p.npy")
+            written.append(_save_npy(f"{stem}-p.npy", view.p.reshape(1, NUM_COEFFS)))
         if view.z is not None:
-            np.save(f"{stem}-z.npy", view.z.reshape(1, -1))
-            written.append(f"{stem}-z.npy")
+            written.append(_save_npy(f"{stem}-z.npy", view.z.reshape(1, -1)))
             bank = f" --p-bank {stem}-p.npy" if view.p is not None else ""
             meta["generate_command"] = (f"python generate.py images --network {self.network}{bank} --seeds "
                                         f"{view.z_seed} --trunc {view.psi} --noise-mode {view.noise_mode} "
                                         f"--save-images --outdir OUT")  # fmt: skip
         else:
-            np.save(f"{stem}-ws.npy", view.ws[None])
-            written.append(f"{stem}-ws.npy")
-        with open(f"{stem}.json", "w") as f:
-            json.dump(meta, f, indent=2)
-        written.append(f"{stem}.json")
+            written.append(_save_npy(f"{stem}-ws.npy", view.ws[None]))
+        written.append(write_bytes(f"{stem}.json", json.dumps(meta, indent=2).encode(), overwrite=False))
         return written
+
+
+def _save_npy(path: str, array: np.ndarray) -> str:
+    with output_file(path, overwrite=False) as f:
+        np.save(f, array)
+    return path

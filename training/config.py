@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -64,7 +65,7 @@ class TrainConfig:
     adam_impl: str = "auto"                # auto (torch's choice) | forloop | foreach | fused
     fr_autocast: str = "off"               # off | bf16 | fp16: the consistency loss's FR under autocast
     compile_fr: bool = False               # torch.compile the FR forward+backward (never the R1 double backward)
-    rep_cache_mb: float = 0                # pre-render rep(p) of every bank row once if it fits (training.rep.RepBank)
+    rep_cache_mb: float = 0                # pre-render rep(p) of every bank row once if it fits (ConditionBank)
     # The design (training/designs.py: how p enters G and which loss terms the G phase adds) and the method's knobs.
     design: str = "method"                 # method (the paper) | uncond (StyleGAN2; --no-cond) | ...
     enc_channel_base: int = 4096
@@ -145,6 +146,11 @@ def validate(config: TrainConfig) -> None:
     """Checks that need no data or GPU; each failure is one clear line."""
     if config.design not in DESIGNS:
         raise UserError(f"unknown design '{config.design}'; choose one of: {', '.join(DESIGNS)}")
+    for field in dataclasses.fields(config):  # NaN/inf from a flag or a preset would train on garbage (or forever)
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = {"tick_kimg": "--tick"}.get(field.name, "--" + field.name.replace("_", "-"))
+            raise UserError(f"{flag} = {value} is not a finite number (given on the command line or in the preset)")
     if config.gpus < 1:
         raise UserError("--gpus must be at least 1")
     if config.batch < 1 or config.batch % config.gpus != 0:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import PIL.Image
 
 from deep3drecon.coeffs import COEFF_SLICES, NUM_COEFFS
-from torch_utils.errors import first_line
+from torch_utils.errors import UserError, first_line
 
 # |value| bounds per group of the 257-d coefficient vector, about 10x the spread real FR labels show: id / exp /
 # tex are PCA weights (within a few units), angles radians, gamma SH bands, trans decimetres with the camera 10 dm
@@ -111,12 +111,40 @@ def label_problem(label: object, expected_dim: int) -> str | None:
     if not all(math.isfinite(v) for v in label):
         return "label holds NaN or inf"
     if expected_dim == NUM_COEFFS:
-        for group, sl in COEFF_SLICES.items():
-            worst = max((abs(v) for v in label[sl]), default=0.0)
-            if worst > PLAUSIBLE_ABS[group]:
-                return (f"label's {group} coefficients reach {worst:.3g}, outside the plausible "
-                        f"+-{PLAUSIBLE_ABS[group]:g} for 3DMM coefficients")  # fmt: skip
+        problem = coeffs_range_problem(label)
+        return f"label's {problem}" if problem else None
     return None
+
+
+def coeffs_range_problem(p: list[float]) -> str | None:
+    """Which coefficient group of one finite 257-d p leaves its plausible range (PLAUSIBLE_ABS), or None."""
+    for group, sl in COEFF_SLICES.items():
+        worst = max((abs(v) for v in p[sl]), default=0.0)
+        if worst > PLAUSIBLE_ABS[group]:
+            return (f"{group} coefficients reach {worst:.3g}, outside the plausible +-{PLAUSIBLE_ABS[group]:g} for "
+                    "3DMM coefficients")  # fmt: skip
+    return None
+
+
+def check_coeffs(p: Any, what: str) -> np.ndarray:
+    """p [..., 257] (array or CPU tensor) as float32 if every vector passes the dataset's label check: finite,
+    each group within its plausible range. Otherwise one UserError naming `what`, the vector and the group; for
+    p that reach G without a dataset (a --p-bank, a studio upload or slider, an edit, a latent)."""
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 0 or p.shape[-1] != NUM_COEFFS:
+        raise UserError(f"{what}: expected 3DMM coefficients [..., {NUM_COEFFS}], got shape {list(p.shape)}")
+    rows = p.reshape(-1, NUM_COEFFS)
+    finite = np.isfinite(rows).all(axis=1)
+    bounds = np.array([PLAUSIBLE_ABS[g] for g in COEFF_SLICES])
+    worst = np.stack([np.abs(np.where(np.isfinite(rows[:, sl]), rows[:, sl], 0)).max(axis=1)
+                      for sl in COEFF_SLICES.values()], axis=1)  # fmt: skip
+    bad = np.flatnonzero(~finite | (worst > bounds).any(axis=1))
+    if bad.size:
+        k = int(bad[0])
+        problem = "holds NaN or inf" if not finite[k] else coeffs_range_problem(rows[k].tolist())
+        where = f" (vector {k} of {len(rows)})" if len(rows) > 1 else ""
+        raise UserError(f"{what}{where}: {problem}")
+    return p.astype(np.float32)
 
 
 def check_labels(names: list[str], raw: list[object]) -> tuple[np.ndarray, dict[str, str]]:

@@ -103,6 +103,9 @@ def test_cli_trains_on_dataset_zips(cache: Path, tmp_path: Path) -> None:
     assert net.backbone_name == "small" and net.input_size == 32
     assert set(json.loads(metrics.read_text())["errors"]) == set(COEFF_SLICES)
     result = CliRunner().invoke(main, ["--data", str(metrics), "--eval-data", str(held), "--out", str(out)])
+    assert result.exit_code != 0 and f"{out} already exists" in result.output  # checked before any training
+    result = CliRunner().invoke(main, ["--data", str(metrics), "--eval-data", str(held), "--out", str(out),
+                                       "--overwrite"])  # fmt: skip
     assert result.exit_code != 0 and "not a dataset zip" in result.output
 
 

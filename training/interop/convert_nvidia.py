@@ -1,6 +1,6 @@
 """Convert an NVIDIA StyleGAN2 network pickle into this project's network snapshot (read as data, never executed).
 
-    python -m training.interop.convert_nvidia stylegan2-ffhq-256x256.pkl ffhq256.pt
+    python -m training.interop.convert_nvidia stylegan2-ffhq-256x256.pkl ffhq256.pt [--overwrite]
 
 The output is a network snapshot (`torch.load(..., weights_only=True)`): G_ema (or G) + G_kwargs, usable by every
 `--network` flag; it also carries NVIDIA's G and D (with D_kwargs) when the pickle has them, so that
@@ -15,6 +15,7 @@ import os
 import click
 
 from torch_utils.errors import UserError
+from torch_utils.outputs import refuse_existing
 from training.interop.nvidia_pickle import NvidiaNetworks, read_nvidia_networks
 from training.run.snapshot import NETWORK_FORMAT, atomic_save
 
@@ -42,16 +43,28 @@ def describe(nets: NvidiaNetworks) -> str:
             f"networks: {', '.join(nets.present())}")
 
 
+def check_destination(source: str, dest: str, overwrite: bool) -> None:
+    """DEST must be a .pt, never the source itself (even with --overwrite), and new unless overwrite."""
+    if not dest.endswith(".pt"):
+        raise UserError(f"the destination must be a .pt network snapshot, not {dest}")
+    same = os.path.realpath(source) == os.path.realpath(dest) or (
+        os.path.exists(source) and os.path.exists(dest) and os.path.samefile(source, dest))
+    if same:
+        raise UserError(f"the destination {dest} is the source itself; writing it would destroy the pickle: choose "
+                        "another .pt path")  # fmt: skip
+    refuse_existing([dest], overwrite)
+
+
 @click.command(context_settings={"max_content_width": 120})
 @click.argument("source", type=str)
 @click.argument("dest", type=str)
-def main(source: str, dest: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists")
+def main(source: str, dest: str, overwrite: bool) -> None:
     """Read SOURCE (an NVIDIA stylegan2-ada-pytorch / stylegan3 --cfg=stylegan2 .pkl) and write DEST (.pt)."""
     try:
-        if not dest.endswith(".pt"):
-            raise UserError(f"the destination must be a .pt network snapshot, not {dest}")
+        check_destination(source, dest, overwrite)
         nets = read_nvidia_networks(source)
-        atomic_save(snapshot_from_nvidia(nets), dest)
+        atomic_save(snapshot_from_nvidia(nets), dest, overwrite=overwrite)
     except UserError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{source}: {describe(nets)}")

@@ -28,6 +28,7 @@ import torch
 
 from torch_utils.errors import UserError, first_line
 from torch_utils.misc import describe_state_dict_mismatch
+from torch_utils.outputs import publish
 
 NETWORK_FORMAT = "taxfree3dmm-network-v1"
 STATE_FORMAT = "taxfree3dmm-training-state-v1"
@@ -164,11 +165,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_save(obj: dict[str, Any], path: str) -> None:
+def atomic_save(obj: dict[str, Any], path: str, overwrite: bool = True) -> None:
     """torch.save `obj` plus its 'sha256' to a temp file in the same folder, fsync, rename over `path`.
 
     A full disk or an unwritable folder is one UserError line; the temp file is removed and `path` (and every
-    older snapshot) is left as it was.
+    older snapshot) is left as it was. overwrite=False never replaces an existing `path` (torch_utils.outputs).
     """
     obj = dict(obj, sha256=content_digest(obj))
     folder = os.path.dirname(os.path.abspath(path))
@@ -180,7 +181,7 @@ def atomic_save(obj: dict[str, Any], path: str) -> None:
         with os.fdopen(fd, "wb", buffering=0) as f:  # unbuffered: a write error surfaces as OSError, not in torch
             torch.save(obj, f)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path, overwrite)
         tmp = None
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror or first_line(e)}; the earlier snapshots are "

@@ -36,6 +36,14 @@ class EasyDict(dict):
     """Pickled as dnnlib.util.EasyDict (NEWOBJ + SETITEMS), like the kwargs dicts of NVIDIA's train.py."""
 
 
+class Raw:
+    """Opcodes written verbatim where a value goes; they must leave exactly one object on the unpickler's stack
+    (hostile structures a pickler cannot write: nesting thousands deep, a list that contains itself)."""
+
+    def __init__(self, ops: bytes) -> None:
+        self.ops = ops
+
+
 def marker_source(marker: str) -> str:
     """Module source that, if executed, writes `marker` (the proof that nothing ran is its absence)."""
     return (f"import pathlib\npathlib.Path({marker!r}).write_text('module_src was executed')\n"
@@ -70,6 +78,11 @@ class NvidiaPickler(pickle._Pickler):
         self._batch_setitems(iter(obj.items()))
 
     dispatch[EasyDict] = save_easydict
+
+    def save_raw(self, obj: Raw) -> None:
+        self.write(obj.ops)
+
+    dispatch[Raw] = save_raw
 
     def reducer_override(self, obj):
         if isinstance(obj, torch.nn.Module):

@@ -265,7 +265,7 @@ def test_converter_writes_a_safe_network_snapshot(tmp_path, marker, nets):
     z = torch.randn(3, G_kwargs["z_dim"])
     assert torch.equal(snapshot.load_network(out)(z, noise_mode="const"), snapshot.load_network(pkl)(z,
                        noise_mode="const"))  # fmt: skip
-    bad = CliRunner().invoke(convert_main, [str(tmp_path / "missing.pkl"), out])
+    bad = CliRunner().invoke(convert_main, [str(tmp_path / "missing.pkl"), str(tmp_path / "new.pt")])
     assert bad.exit_code != 0 and "not found" in bad.output and "Traceback" not in bad.output
 
 
