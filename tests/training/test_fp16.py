@@ -27,10 +27,12 @@ from deep3drecon.reconstructor import FaceReconstructor
 from deep3drecon.render import Renderer
 from deep3drecon.synthetic import make_synthetic_model
 from tests.conditional_fixtures import bank
+from tests.conftest import rep_cond
 from torch_utils.misc import fp16_blocks_on_cpu
 from torch_utils.ops import conv2d_gradfix
 from training.consistency import ConsistencyLoss
-from training.networks import Discriminator, Generator
+from training.discriminator import Discriminator
+from training.networks import Generator
 from training.rep import make_rep
 
 R = 32
@@ -46,13 +48,13 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def generate(G: torch.nn.Module, z: torch.Tensor, rep: torch.Tensor, **kwargs) -> torch.Tensor:
-    """The one place this file calls G: G(z, rep) with rep [N, 9, R, R] in [-1, 1]."""
-    return G(z, rep, noise_mode="const", **kwargs)
+    """The one place this file calls G: G(z, cond) with the condition of rep [N, 9, R, R] in [-1, 1]."""
+    return G(z, rep_cond(rep), noise_mode="const", **kwargs)
 
 
 def consistency(loss: ConsistencyLoss, img: torch.Tensor, rep: torch.Tensor) -> torch.Tensor:
     """The one place this file calls the consistency loss (eq. 6): d [N]."""
-    return loss(img, rep, ALPHA)
+    return loss.distance(img, rep, ALPHA)
 
 
 class Precision:
@@ -143,7 +145,7 @@ def _run(G: Generator, D: Discriminator, world: dict, mode: Precision) -> dict[s
         dist = consistency(cons, img, rep)
         (F.softplus(-D(img, **mode.kwargs)).mean() + LAMBDA_CONS * dist.mean()).backward()
         out["G image"], out["consistency d"] = img.detach().float(), dist.detach().float()
-        out["G grads: synthesis"], out["G grads: encoder E"] = _grads(G, "synthesis"), _grads(G, "encoder")
+        out["G grads: synthesis"], out["G grads: encoder E"] = _grads(G, "synthesis.b"), _grads(G, "synthesis.encoder")
         out["G grads: mapping"] = _grads(G, "mapping")
         # Dmain (eq. 12): D forward and backward on the fake and the real image.
         D.zero_grad(set_to_none=True)
