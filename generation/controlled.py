@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-import tqdm
 
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from torch_utils.errors import UserError
 from torch_utils.misc import quantize_uint8
+from torch_utils.progress import progress
 from training.condition import Condition
 from training.dataset import IMAGE_EXTENSIONS
 from training.rep import make_rep, rep_render
@@ -286,7 +286,7 @@ class Sampler:
             raise UserError("this generator is 3DMM-conditional: every cell needs a p")
         images, renders = [], []
         starts = range(0, len(ws), self.batch)
-        for i in tqdm.tqdm(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
+        for i in progress(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
             ws_b = ws[i : i + self.batch].to(self.device)
             cond = self.condition(None if p is None else p[i : i + self.batch])
             if self.noise_mode == "random":
