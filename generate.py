@@ -6,7 +6,7 @@ Examples:
     python generate.py resample-z --network snap.pt --outdir out --seeds 0-3 --z-seeds 100-106         # fig. 4
     python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
-    python generate.py studio     --network snap.pt --outdir out --port 7860          # sliders in a browser
+    python generate.py studio     --network snap.pt --port 7860          # sliders in a browser; saves in studio/
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
     python generate.py invert     --network snap.pt --outdir inv --images photos/                     # real photos
     python generate.py edit       --network snap.pt --outdir inv --latent inv/me-latent.npz --attr angle
@@ -242,7 +242,7 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
 
 
 @cli.command(short_help="A browser editor: sliders for pose, expression, lighting, identity.")
-@common_options
+@common_options(optional_outdir="Where 'Save' writes [default: studio/ beside the snapshot]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface)")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="Port of the page")
 @click.option("--recon-ckpt", help="FR checkpoint for the re-estimate view and photos [default: the snapshot's]")
@@ -254,6 +254,8 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
     from generation.studio_state import Studio
 
     studio_app.import_gradio()  # the one-line install hint before any network is loaded
+    if opts.outdir is None:  # nothing is written until the user presses Save
+        opts.outdir = studio_app.default_outdir(opts.network)
     s = open_session(opts, "studio", needs_p=False)
     fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.needs else None
     inverter = None
@@ -263,7 +265,7 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
         inverter = inversion_inverter(s.G, fr, s.sampler.renderer, s.device, invert_steps)
     app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr,
                  inverter=inverter)
-    echo(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
+    echo(opts, f"studio on http://{host}:{port} (Ctrl+C stops it); Save writes to {opts.outdir}")
     studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
 
