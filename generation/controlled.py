@@ -32,6 +32,7 @@ from torch_utils.progress import progress
 from training.condition import Condition
 from training.dataset import IMAGE_EXTENSIONS
 from training.rep import make_rep, rep_render
+from training.run.grids import enlarge
 
 # Attribute groups of p edited by `vary` (identity = id + tex, see deep3drecon.coeffs).
 ATTR_GROUPS = ATTRIBUTE_GROUPS
@@ -466,11 +467,12 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def save_grid(result: GridResult, outdir: str, stem: str, show_rep: bool = False,
               save_images: bool = False) -> list[str]:  # fmt: skip
-    """Write <stem>.png, <stem>-p.npy ([rows, cols, 257] p per cell, NaN for empty cells) and, with save_images,
-    <stem>/<cell name>.png per generated cell; returns the written paths."""
+    """Write <stem>.png (cells under 96 px enlarged, nearest), <stem>-p.npy ([rows, cols, 257] p per cell, NaN for
+    empty cells) and, with save_images, <stem>/<cell name>.png per generated cell at G's resolution -> the paths."""
     os.makedirs(outdir, exist_ok=True)
     path = os.path.join(outdir, f"{stem}.png")
-    PIL.Image.fromarray(to_uint8(compose_grid(result, show_rep))).save(path)
+    size = result.cells.images.shape[-1]
+    PIL.Image.fromarray(enlarge(to_uint8(compose_grid(result, show_rep)), size)).save(path)
     written = [path]
     if result.p is not None:
         p = np.full([result.rows * result.cols, NUM_COEFFS], np.nan, dtype=np.float32)

@@ -25,6 +25,7 @@ from deep3drecon.face_model import INIT_LIT
 from generation.controlled import to_uint8
 from generation.inversion import Latent, photo_condition, synthesize
 from torch_utils.errors import UserError
+from training.run.grids import enlarge
 
 DEFAULT_YAWS = (-30.0, -15.0, 15.0, 30.0)
 DEFAULT_LIGHTS = ((-1.0, 0.0, 0.6), (1.0, 0.0, 0.6), (0.0, 1.0, 0.6), (0.0, -1.0, 0.6))
@@ -134,11 +135,14 @@ def render_edits(G: torch.nn.Module, renderer: torch.nn.Module, latent: Latent, 
 
 
 def save_edit_grid(path: str, target: torch.Tensor | None, reconstruction: torch.Tensor, edits: EditResult) -> str:
-    """One row PNG: [target (if known), reconstruction, edit 1, ...], each [3, R, R] in [-1, 1]; returns the path."""
+    """One row PNG: [target (if known), reconstruction, edit 1, ...], each [3, R, R] in [-1, 1]; returns the path.
+
+    Tiles under 96 px are enlarged with nearest-neighbour upsampling, as every grid is (training.run.grids.enlarge).
+    """
     tiles = ([target] if target is not None else []) + [reconstruction] + list(edits.images)
     row = torch.cat([t.float().cpu() for t in tiles], dim=2)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    PIL.Image.fromarray(to_uint8(row)).save(path)
+    PIL.Image.fromarray(enlarge(to_uint8(row), reconstruction.shape[-1])).save(path)
     return path
 
 
