@@ -27,6 +27,7 @@ import os
 import click
 import torch
 
+from generation import animation
 from generation import controlled as cg
 from generation.session import Options, SeedList, common_options, echo, open_fr, open_session, write
 from torch_utils.errors import Group, UserError
@@ -55,8 +56,22 @@ def images(opts: Options, seeds: list[int], cols: int) -> None:
 @click.option("--cols", default=7, show_default=True, type=click.IntRange(min=1), help="Variations per grid")
 @click.option("--sweep", is_flag=True,
               help="Donors: evenly spaced quantiles (2%..98%) of the group's first varied coefficient, ascending")
-def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool) -> None:
+@click.option("--video", type=click.Choice(animation.VIDEO_FORMATS), is_flag=False, flag_value="gif",
+              help="Instead of grids, one animation per --attr: p interpolated from donor to donor, a row per seed "
+                   "(G's image | r(p)); --video = gif, --video mp4 needs the video extra")  # fmt: skip
+@click.option("--tween", default=7, show_default=True, type=click.IntRange(min=0),
+              help="--video: frames between two donors")
+@click.option("--fps", default=12.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="--video: frames per second (donors are held 4 frames)")  # fmt: skip
+def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool, video: str | None,
+         tween: int, fps: float) -> None:  # fmt: skip
     """A base face, then one attribute group (id+tex | exp | SH light | angles) from bank donors (fig. 3)."""
+    if video is not None:  # one animation per group: vary-<attr>-seeds<S>.<gif|mp4> and its p per frame
+        stems = animation.video_stems(opts.outdir, seeds, attr, video)  # checked before any work
+        s = open_session(opts, "vary", needs_p=True)
+        log = lambda message: echo(opts, message)
+        animation.save_vary_videos(s.sampler, s.bank, stems, seeds, cols, sweep, video, tween, fps, log)
+        return
     s = open_session(opts, "vary", needs_p=True)
     for seed in seeds:
         for name in attr:

@@ -32,5 +32,6 @@ setup(
         # 2.5.3 is the last release that does not pin an old torch.
         "faces": ["facenet-pytorch==2.5.3"],
         "studio": ["gradio>=6.0", "gradio-client>=2.0"],  # generate.py studio (the browser editor)
+        "video": ["imageio-ffmpeg>=0.4.9"],  # generate.py vary --video mp4 (GIFs need only Pillow)
     },
 )

@@ -334,13 +334,12 @@ def images_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor | None, col
     return GridResult(math.ceil(len(seeds) / cols), cols, tiles, [f"seed{x:04d}" for x in seeds], p)
 
 
-def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, sweep: bool = False) -> GridResult:
-    """Fig. 3: [base, base with ATTR_GROUPS[attr] from `count` donor rows of the bank], all with z(seed).
+def vary_p(bank: torch.Tensor, seed: int, attr: str, count: int, sweep: bool = False) -> torch.Tensor:
+    """p [count + 1, 257]: the base p of seed, then the base with ATTR_GROUPS[attr] from `count` donor rows.
 
     Donors are random rows (seeded by seed), or with `sweep` the same rows for every base, ordered from one end of
     the bank's range to the other (`sweep_indices`).
     """
-    _check_bank(s.G, bank, "vary")
     if attr not in ATTR_GROUPS:
         raise UserError(f"unknown attribute {attr!r}; choose one of {', '.join(ATTR_GROUPS)}")
     base = p_index(seed, len(bank))
@@ -348,7 +347,13 @@ def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, 
         donors = bank[sweep_indices(bank, ATTR_GROUPS[attr], count)]
     else:
         donors = bank[donor_indices(seed, len(bank), count, exclude=base)]
-    p = torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
+    return torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
+
+
+def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, sweep: bool = False) -> GridResult:
+    """Fig. 3: the cells of `vary_p` (base, then one attribute group from each donor), all with z(seed)."""
+    _check_bank(s.G, bank, "vary")
+    p = vary_p(bank, seed, attr, count, sweep)
     tiles = s.synthesize(s.mapping([seed] * len(p), p), p, [seed] * len(p), desc=f"vary {attr}")
     return GridResult(1, len(p), tiles, [f"seed{seed:04d}-col{c:02d}" for c in range(len(p))], p)
 
