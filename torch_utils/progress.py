@@ -2,7 +2,8 @@
 
 On a terminal `progress(...)` is a tqdm bar. Written anywhere else (a cluster log, `> log.txt`, a pipe) a bar is a
 carriage-return update for every step, thousands of them per bar; there it is a `PlainProgress` that prints one line
-when a new 10% step is reached or `interval_s` seconds have passed since the last line, and one at the end:
+when a new 10% step is reached (at most one per MIN_GAP_S) or `interval_s` has passed since the last line, and one at
+the end, so a loop of a second or two is one line:
     rendering scenes: 800/8000 img (10%), 412.3 img/s, ETA 17s
 Every loop that shows progress goes through `progress` (tests/torch_utils/test_progress.py checks that no other
 module imports tqdm).
@@ -20,6 +21,7 @@ import tqdm
 from torch_utils.misc import format_time
 
 INTERVAL_S = 60.0  # a plain line at least this often while a step of 10% takes longer
+MIN_GAP_S = 2.0  # 10% steps closer than this to the previous line are not printed (the end always is)
 
 
 def is_terminal(stream: Any) -> bool:
@@ -33,9 +35,10 @@ def is_terminal(stream: Any) -> bool:
 class PlainProgress:
     """tqdm's interface (iterate, update, set_postfix, set_description, close, `with`) writing plain lines.
 
-    A line when a new 10% step of `total` is reached, when `interval_s` has passed since the last line, and when
-    the loop ends (or `close`): at most 12 lines plus one per interval, never a carriage return. Without a total
-    (an iterable of unknown length) only the interval and the end print. `clock` is injectable for tests.
+    A line when a new 10% step of `total` is reached and MIN_GAP_S has passed since the last line, when `interval_s`
+    has passed, and when the count reaches total (or at `close`, if the count moved): at most 11 lines plus one per
+    interval, never a carriage return. Without a total (an iterable of unknown length) only the interval and the end
+    print. `clock` is injectable for tests.
     """
 
     def __init__(self, iterable: Iterable | None = None, total: float | None = None, desc: str = "",
@@ -47,8 +50,7 @@ class PlainProgress:
         self.leave, self.file, self.interval_s, self.clock = leave, file, interval_s, clock
         self.n, self.postfix, self.closed = 0, "", False
         self._start = self._last_time = clock()
-        self._last_n, self._last_step = -1, 0  # the first line (step 0) is printed now
-        self._print(self.line(elapsed_s=0.0))
+        self._last_n, self._last_step = 0, 0
 
     def __iter__(self) -> Iterator:
         try:
@@ -68,11 +70,13 @@ class PlainProgress:
         self.close()
 
     def update(self, n: float = 1) -> None:
-        """Count n more units; prints a line at a new 10% step or after interval_s."""
+        """Count n more units; a line at a new 10% step (MIN_GAP_S after the last), after interval_s, at the end."""
         self.n += n
         now = self.clock()
+        since = now - self._last_time
         step = int(10 * self.n // self.total) if self.total else -1
-        if step > self._last_step or now - self._last_time >= self.interval_s:
+        finished = bool(self.total) and self.n >= self.total and self.n != self._last_n
+        if finished or since >= self.interval_s or (step > self._last_step and since >= MIN_GAP_S):
             self._last_step = max(step, self._last_step)
             self._print(self.line(now - self._start))
 
