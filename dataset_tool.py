@@ -73,7 +73,7 @@ def common_options(fn):
             help="Decode/align processes (0 = in-process; default: CPUs - 1)",
         ),
         click.option("--device", default="auto", show_default=True, help="FR device: auto, cpu, cuda, cuda:1, ..."),
-        click.option("--progress/--no-progress", default=True, help="Show the tqdm progress bar"),
+        click.option("--progress/--no-progress", default=True, help="Show progress (a terminal bar or log lines)"),
         click.option("--overwrite", is_flag=True, help="Replace an existing --dest zip (a folder is never replaced)"),
     ]
     for option in reversed(options):
@@ -168,7 +168,7 @@ def _build_realigned(items: list, mode: str, source: str, opts: dict[str, Any], 
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True, help="Render batch")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Compositing processes (0 = in-process)")
 @click.option("--device", default="cpu", show_default=True, help="Render device: cpu, cuda, auto")
-@click.option("--progress/--no-progress", default=True, help="Show the tqdm progress bar")
+@click.option("--progress/--no-progress", default=True, help="Show progress (a bar on a terminal, lines in a log)")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --dest zip (a folder is never replaced)")
 def synthetic(
     dest: str,

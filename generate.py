@@ -6,7 +6,7 @@ Examples:
     python generate.py resample-z --network snap.pt --outdir out --seeds 0-3 --z-seeds 100-106         # fig. 4
     python generate.py reference  --network snap.pt --outdir out --images photos/ --landmarks          # fig. 6
     python generate.py style-mix  --network snap.pt --outdir out --row-seeds 0-2 --p-seed 7           # fig. 7
-    python generate.py studio     --network snap.pt --outdir out --port 7860          # sliders in a browser
+    python generate.py studio     --network snap.pt --port 7860          # sliders in a browser; saves in studio/
     python generate.py resample-p --network snap.pt --outdir out --seeds 0-3 --p-seeds 100-106         # fig. 8
     python generate.py invert     --network snap.pt --outdir inv --images photos/                     # real photos
     python generate.py edit       --network snap.pt --outdir inv --latent inv/me-latent.npz --attr angle
@@ -27,6 +27,7 @@ import os
 import click
 import torch
 
+from generation import animation
 from generation import controlled as cg
 from generation.session import (
     Options,
@@ -71,8 +72,23 @@ def images(opts: Options, seeds: list[int], cols: int) -> None:
 @click.option("--cols", default=7, show_default=True, type=click.IntRange(min=1), help="Variations per grid")
 @click.option("--sweep", is_flag=True,
               help="Donors: evenly spaced quantiles (2%..98%) of the group's first varied coefficient, ascending")
-def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool) -> None:
+@click.option("--video", type=click.Choice(animation.VIDEO_FORMATS), is_flag=False, flag_value="gif",
+              help="Instead of grids, one animation per --attr: p interpolated from donor to donor, a row per seed "
+                   "(G's image | r(p)); --video = gif, --video mp4 needs the video extra")  # fmt: skip
+@click.option("--tween", default=7, show_default=True, type=click.IntRange(min=0),
+              help="--video: frames between two donors")
+@click.option("--fps", default=12.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="--video: frames per second (donors are held 4 frames)")  # fmt: skip
+def vary(opts: Options, seeds: list[int], attr: tuple[str, ...], cols: int, sweep: bool, video: str | None,
+         tween: int, fps: float) -> None:  # fmt: skip
     """A base face, then one attribute group (id+tex | exp | SH light | angles) from bank donors (fig. 3)."""
+    if video is not None:  # one animation per group: vary-<attr>-seeds<S>.<gif|mp4> and its p per frame
+        stems = animation.video_stems(opts.outdir, seeds, attr, video, opts.overwrite)  # checked before any work
+        s = open_session(opts, "vary", needs_p=True)
+        log = lambda message: echo(opts, message)
+        animation.save_vary_videos(s.sampler, s.bank, stems, seeds, cols, sweep, video, tween, fps, log,
+                                   opts.overwrite)
+        return
     refuse_existing_outputs(opts, *(f"vary-{name}-seed{seed:04d}.png" for seed in seeds for name in attr))
     s = open_session(opts, "vary", needs_p=True)
     check_grid(s, cols + 1)
@@ -276,7 +292,7 @@ def edit(opts: Options, latent: str, attr: str, yaw: str | None, pitch: str | No
 
 
 @cli.command(short_help="A browser editor: sliders for pose, expression, lighting, identity.")
-@common_options
+@common_options(optional_outdir="Where 'Save' writes [default: studio/ beside the snapshot]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (0.0.0.0: every interface)")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(0, 65535), help="Port of the page")
 @click.option("--recon-ckpt", help="FR checkpoint for the re-estimate view and photos [default: the snapshot's]")
@@ -294,6 +310,8 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
         click.echo(f"warning: --host {host} serves the studio to every machine that can reach this one, without any "
                    "login (anyone can render, upload photos and save files into --outdir); use 127.0.0.1 with an SSH "
                    "tunnel unless the network is trusted", err=True)  # fmt: skip
+    if opts.outdir is None:  # nothing is written until the user presses Save
+        opts.outdir = studio_app.default_outdir(opts.network)
     s = open_session(opts, "studio", needs_p=False)
     fr = studio_app.fr_factory(s.config, recon_ckpt, s.device, opts.verbose) if s.G.needs else None
     inverter = None
@@ -303,7 +321,7 @@ def studio(opts: Options, host: str, port: int, recon_ckpt: str | None, invert_s
         inverter = inversion_inverter(s.G, fr, s.sampler.renderer, s.device, invert_steps)
     app = Studio(s.G, s.sampler.renderer, s.bank, s.device, opts.network, opts.outdir, reconstructor=fr,
                  inverter=inverter)
-    echo(opts, f"studio on http://{host}:{port} (Ctrl+C stops it)")
+    echo(opts, f"studio on http://{host}:{port} (Ctrl+C stops it); Save writes to {opts.outdir}")
     studio_app.serve(app, host, port, opts.trunc, opts.noise_mode, quiet=not opts.verbose)
 
 

@@ -36,5 +36,6 @@ setup(
         # name. NVIDIA Source Code License (non-commercial), hence only ever optional; its CUDA plugin is compiled
         # with nvcc on first use (deep3drecon/render/rasterize_nvdiffrast.py).
         "nvdiffrast": ["diffrp-nvdiffrast==0.3.3.1"],
+        "video": ["imageio-ffmpeg>=0.4.9"],  # generate.py vary --video mp4 (GIFs need only Pillow)
     },
 )

@@ -58,6 +58,9 @@ class _Tee:
         self.stream.flush()
         self.log_file.flush()
 
+    def isatty(self) -> bool:
+        return False  # log.txt is a file: progress goes to both as plain lines, never as a redrawn bar
+
     def __getattr__(self, name):
         return getattr(self.stream, name)
 

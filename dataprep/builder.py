@@ -40,6 +40,7 @@ from deep3drecon.landmarks import check_landmarks, load_landmarks
 from deep3drecon.photo import read_photo
 from torch_utils.errors import UserError, first_line
 from torch_utils.misc import pick_device
+from torch_utils.progress import progress as show_progress
 
 TOOL_NAME = "taxfree3dmm dataset_tool"
 TOOL_VERSION = "1.0.0"
@@ -341,7 +342,6 @@ def build_realigned_dataset(
     FR runs in eval mode on `device` ('auto' = cuda if available) on crops aligned at its own input size.
     """
     import torch
-    from tqdm import tqdm
 
     from deep3drecon.assets import resolve_recon_checkpoint
     from deep3drecon.recon_net import load_recon_net
@@ -382,7 +382,7 @@ def build_realigned_dataset(
 
     with (
         DatasetWriter(dest, overwrite) as writer,
-        tqdm(total=len(items), unit="img", disable=not progress, desc=f"{mode} -> {Path(dest).name}") as bar,
+        show_progress(total=len(items), unit="img", disable=not progress, desc=f"{mode} -> {Path(dest).name}") as bar,
     ):
         for result in ordered_map(partial(prepare_item, resolution=resolution, fr_size=fr_size), items, workers):
             if isinstance(result, Skipped):

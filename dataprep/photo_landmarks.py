@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dataprep.builder import SourceItem
 from torch_utils.errors import UserError
+from torch_utils.progress import progress as show_progress
 
 
 def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", progress: bool = True,
@@ -28,8 +29,6 @@ def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", prog
         it.landmarks_path))]  # fmt: skip
     if not missing:
         return 0
-    from tqdm import tqdm
-
     from deep3drecon.landmarks import NoFaceError, detect_landmarks, load_face_detector, write_landmarks
     from deep3drecon.photo import read_photo
     from torch_utils.misc import pick_device
@@ -43,7 +42,7 @@ def detect_missing_landmarks(items: list[SourceItem], device: str = "auto", prog
         return len(missing)
     log(f"{len(missing)} photo(s) have no landmark file; detecting faces (largest face per photo).")
     several = 0
-    for it in tqdm(missing, unit="img", desc="detecting faces", disable=not progress):
+    for it in show_progress(missing, unit="img", desc="detecting faces", disable=not progress):
         try:
             lm, count = detect_landmarks(read_photo(it.image_path, it.name), detector, it.name)
         except NoFaceError:

@@ -62,6 +62,7 @@ from dataprep.builder import (
 )
 from deep3drecon.synthetic import ACTIVE
 from torch_utils.misc import pick_device
+from torch_utils.progress import progress as show_progress
 
 P_DISTRIBUTION: dict[str, str] = {
     "id": f"first {ACTIVE['id']}: N(0, 0.8) truncated at 2.5 sigma; others 0",
@@ -302,8 +303,6 @@ def render_scene_arrays(
     -> (scenes uint8 [N, R, R, 3], bare renders uint8 [N, R, R, 3] (black outside the face), labels float32 [N, 257]).
     Used to train the synthetic FR on the same world the built-in dataset shows.
     """
-    from tqdm import tqdm
-
     _, face_model, renderer = _open_renderer(face_model_path, device)
     coeffs = world_coeffs(count, seed).astype(np.float32)
     scenes = np.zeros((count, resolution, resolution, 3), np.uint8)
@@ -317,7 +316,7 @@ def render_scene_arrays(
                 yield SceneJob(render[k], mask[k], landmarks[k], seed, b + k)
 
     workers = default_workers() if workers is None else workers
-    with tqdm(total=count, unit="img", disable=not progress, desc=f"  rendering scenes (seed {seed})") as bar:
+    with show_progress(total=count, unit="img", disable=not progress, desc=f"  rendering scenes (seed {seed})") as bar:
         for index, image in ordered_map(_compose_only, jobs(), workers, max_inflight=2 * batch_size):
             scenes[index] = image
             bar.update(1)
@@ -342,8 +341,6 @@ def build_synthetic_dataset(
     report: {"dest", "num_images", "num_skipped", "skipped", "seconds", "images_per_sec"}. The face model defaults
     to deep3drecon.assets.synthetic_face_model_path(); labels are the ground-truth p of each image.
     """
-    from tqdm import tqdm
-
     fm_path, face_model, renderer = _open_renderer(face_model_path, device)
     coeffs = world_coeffs(count, seed)
     workers = default_workers() if workers is None else workers
@@ -359,7 +356,7 @@ def build_synthetic_dataset(
     labels = []
     with (
         DatasetWriter(dest, overwrite) as writer,
-        tqdm(total=count, unit="img", disable=not progress, desc=f"synthetic -> {Path(dest).name}") as bar,
+        show_progress(total=count, unit="img", disable=not progress, desc=f"synthetic -> {Path(dest).name}") as bar,
     ):
         for index, png in ordered_map(_compose_and_encode, jobs(), workers, max_inflight=2 * batch_size):
             name = archive_name(index)

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
 from torch_utils.errors import UserError
+from torch_utils.progress import progress as show_progress
 
 try:
     import fcntl
@@ -69,7 +69,7 @@ def _sha256(path: Path) -> str:
 
 
 def download_cached(url: str, filename: str, sha256: str | None = None, progress: bool = True) -> Path:
-    """Download `url` once to cache_dir()/filename (atomic rename, tqdm progress, optional SHA-256 check) -> path."""
+    """Download `url` once to cache_dir()/filename (atomic rename, progress display, optional SHA-256 check) -> path."""
     dest = cache_dir() / filename
     if dest.is_file() and (sha256 is None or _sha256(dest) == sha256.lower()):
         return dest
@@ -78,7 +78,7 @@ def download_cached(url: str, filename: str, sha256: str | None = None, progress
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress) as bar:
+            with show_progress(total=total, unit="B", unit_scale=True, desc=filename, disable=not progress) as bar:
                 for chunk in iter(lambda: response.read(1 << 20), b""):
                     f.write(chunk)
                     bar.update(len(chunk))

@@ -46,13 +46,13 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from deep3drecon.face_model import COEFF_SLICES
 from deep3drecon.recon_net import ReconNet, save_recon_net
 from torch_utils.checks import FiniteFloat
 from torch_utils.errors import Command, UserError
 from torch_utils.outputs import refuse_existing, write_bytes
+from torch_utils.progress import progress as show_progress
 
 
 @dataclass
@@ -209,7 +209,7 @@ def train_synthetic_fr(
     gen = torch.Generator().manual_seed(cfg.seed)
 
     net.train()
-    with tqdm(total=cfg.steps, unit="step", disable=not progress, desc="  training the synthetic FR") as bar:
+    with show_progress(total=cfg.steps, unit="step", disable=not progress, desc="  training the synthetic FR") as bar:
         for _ in range(cfg.steps):
             img, coeffs = make_batch(train, cfg.batch, gen, blur_fraction=cfg.blur_fraction,
                                      blur_max_sigma=cfg.blur_max_sigma)

@@ -24,16 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
-import tqdm
 
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from torch_utils.errors import UserError
 from torch_utils.misc import quantize_uint8
 from torch_utils.outputs import output_file, refuse_existing, save_image
+from torch_utils.progress import progress
 from training.condition import Condition
 from training.dataset import IMAGE_EXTENSIONS
 from training.dataset_checks import check_coeffs
 from training.rep import make_rep, rep_render
+from training.run.grids import enlarge
 
 # Attribute groups of p edited by `vary` (identity = id + tex, see deep3drecon.coeffs).
 ATTR_GROUPS = ATTRIBUTE_GROUPS
@@ -297,7 +298,7 @@ class Sampler:
             raise UserError("this generator is 3DMM-conditional: every cell needs a p")
         images, renders = [], []
         starts = range(0, len(ws), self.batch)
-        for i in tqdm.tqdm(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
+        for i in progress(starts, desc=desc, unit="batch", disable=not self.progress or len(starts) < 2):
             ws_b = ws[i : i + self.batch].to(self.device)
             cond = self.condition(None if p is None else p[i : i + self.batch])
             if cond is not None and self.renderer is not None:
@@ -346,13 +347,12 @@ def images_grid(s: Sampler, seeds: Sequence[int], bank: torch.Tensor | None, col
     return GridResult(math.ceil(len(seeds) / cols), cols, tiles, [f"seed{x:04d}" for x in seeds], p)
 
 
-def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, sweep: bool = False) -> GridResult:
-    """Fig. 3: [base, base with ATTR_GROUPS[attr] from `count` donor rows of the bank], all with z(seed).
+def vary_p(bank: torch.Tensor, seed: int, attr: str, count: int, sweep: bool = False) -> torch.Tensor:
+    """p [count + 1, 257]: the base p of seed, then the base with ATTR_GROUPS[attr] from `count` donor rows.
 
     Donors are random rows (seeded by seed), or with `sweep` the same rows for every base, ordered from one end of
     the bank's range to the other (`sweep_indices`).
     """
-    _check_bank(s.G, bank, "vary")
     if attr not in ATTR_GROUPS:
         raise UserError(f"unknown attribute {attr!r}; choose one of {', '.join(ATTR_GROUPS)}")
     base = p_index(seed, len(bank))
@@ -360,7 +360,13 @@ def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, 
         donors = bank[sweep_indices(bank, ATTR_GROUPS[attr], count)]
     else:
         donors = bank[donor_indices(seed, len(bank), count, exclude=base)]
-    p = torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
+    return torch.cat([bank[base : base + 1], mix_groups(bank[base], donors, ATTR_GROUPS[attr])])
+
+
+def vary_grid(s: Sampler, seed: int, bank: torch.Tensor, attr: str, count: int, sweep: bool = False) -> GridResult:
+    """Fig. 3: the cells of `vary_p` (base, then one attribute group from each donor), all with z(seed)."""
+    _check_bank(s.G, bank, "vary")
+    p = vary_p(bank, seed, attr, count, sweep)
     tiles = s.synthesize(s.mapping([seed] * len(p), p), p, [seed] * len(p), desc=f"vary {attr}")
     return GridResult(1, len(p), tiles, [f"seed{seed:04d}-col{c:02d}" for c in range(len(p))], p)
 
@@ -479,13 +485,14 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def save_grid(result: GridResult, outdir: str, stem: str, show_rep: bool = False,
               save_images: bool = False, overwrite: bool = False) -> list[str]:  # fmt: skip
-    """Write <stem>.png, <stem>-p.npy ([rows, cols, 257] p per cell, NaN for empty cells) and, with save_images,
-    <stem>/<cell name>.png per generated cell; returns the written paths. An existing file is refused (one line,
-    nothing written) unless overwrite (torch_utils.outputs)."""
+    """Write <stem>.png (cells under 96 px enlarged, nearest), <stem>-p.npy ([rows, cols, 257] p per cell, NaN for
+    empty cells) and, with save_images, <stem>/<cell name>.png per generated cell at G's resolution -> the paths.
+    An existing file is refused (one line, nothing written) unless overwrite (torch_utils.outputs)."""
     grid, p_file = os.path.join(outdir, f"{stem}.png"), os.path.join(outdir, f"{stem}-p.npy")
     cells = [os.path.join(outdir, stem, f"{name}.png") for name in result.names] if save_images else []
     refuse_existing([grid, *([p_file] if result.p is not None else []), *cells], overwrite)
-    written = [save_image(grid, to_uint8(compose_grid(result, show_rep)), overwrite)]
+    size = result.cells.images.shape[-1]
+    written = [save_image(grid, enlarge(to_uint8(compose_grid(result, show_rep)), size), overwrite)]
     if result.p is not None:
         p = np.full([result.rows * result.cols, NUM_COEFFS], np.nan, dtype=np.float32)
         p[: len(result.p)] = result.p.cpu().numpy()

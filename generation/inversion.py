@@ -27,13 +27,13 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-import tqdm
 from torch.func import functional_call
 
 from deep3drecon.coeffs import NUM_COEFFS
 from generation.controlled import to_uint8
 from torch_utils.errors import UserError
 from torch_utils.outputs import output_file
+from torch_utils.progress import trange
 from training.condition import Condition
 from training.rep import make_rep
 
@@ -297,7 +297,7 @@ def invert_image(G: torch.nn.Module, fr: torch.nn.Module | None, renderer: torch
     peaks = [g["lr"] for g in groups]
     opt = torch.optim.Adam(groups, betas=(0.9, 0.999))
     losses: list[float] = []
-    bar = tqdm.trange(options.steps, desc=desc, unit="step", disable=not progress, leave=False)
+    bar = trange(options.steps, desc=desc, unit="step", disable=not progress, leave=False)
     for step in bar:
         for group, peak in zip(opt.param_groups, peaks):
             group["lr"] = _learning_rate(step, options.steps, peak)

@@ -26,6 +26,7 @@ from generation.controlled import to_uint8
 from generation.inversion import Latent, photo_condition, synthesize
 from torch_utils.errors import UserError
 from torch_utils.outputs import refuse_existing, save_image
+from training.run.grids import enlarge
 
 DEFAULT_YAWS = (-30.0, -15.0, 15.0, 30.0)
 DEFAULT_LIGHTS = ((-1.0, 0.0, 0.6), (1.0, 0.0, 0.6), (0.0, 1.0, 0.6), (0.0, -1.0, 0.6))
@@ -137,10 +138,13 @@ def render_edits(G: torch.nn.Module, renderer: torch.nn.Module, latent: Latent, 
 def save_edit_grid(path: str, target: torch.Tensor | None, reconstruction: torch.Tensor, edits: EditResult,
                    overwrite: bool = False) -> str:  # fmt: skip
     """One row PNG: [target (if known), reconstruction, edit 1, ...], each [3, R, R] in [-1, 1]; returns the path.
-    An existing file is refused unless overwrite (torch_utils.outputs)."""
+
+    Tiles under 96 px are enlarged with nearest-neighbour upsampling, as every grid is (training.run.grids.enlarge).
+    An existing file is refused unless overwrite (torch_utils.outputs).
+    """
     tiles = ([target] if target is not None else []) + [reconstruction] + list(edits.images)
     row = torch.cat([t.float().cpu() for t in tiles], dim=2)
-    return save_image(path, to_uint8(row), overwrite)
+    return save_image(path, enlarge(to_uint8(row), reconstruction.shape[-1]), overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------------

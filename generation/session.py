@@ -66,13 +66,19 @@ class SeedList(click.ParamType):
             self.fail(str(e), param, ctx)
 
 
-def common_options(fn: Callable) -> Callable:
-    """Adds the shared options to a subcommand and hands them over as one `opts: Options`."""
+def common_options(fn: Callable | None = None, *, optional_outdir: str | None = None) -> Callable:
+    """Adds the shared options to a subcommand and hands them over as one `opts: Options`.
+
+    `@common_options(optional_outdir="help")`: --outdir may be left out (None; the subcommand picks a default).
+    """
+    if fn is None:
+        return functools.partial(common_options, optional_outdir=optional_outdir)
     options = [
         click.option(
             "--network", required=True, help="network-snapshot-*.pt, training-state-*.pt or an NVIDIA StyleGAN2 .pkl"
         ),
-        click.option("--outdir", required=True, type=click.Path(file_okay=False), help="Where the PNGs go"),
+        click.option("--outdir", required=optional_outdir is None, type=click.Path(file_okay=False),
+                     help=optional_outdir or "Where the PNGs go"),  # fmt: skip
         click.option("--trunc", "--truncation-psi", "trunc", default=1.0, show_default=True, type=FiniteFloat(-2, 2),
                      help="Truncation psi, in [-2, 2]"),  # fmt: skip
         click.option(

@@ -27,6 +27,11 @@ CSS = (".studio-image img { width: 100% !important; height: 100% !important; obj
        "image-rendering: pixelated; }")
 
 
+def default_outdir(network: str) -> str:
+    """Where Save writes without --outdir: `studio/` in the snapshot's folder (created at the first Save)."""
+    return os.path.join(os.path.dirname(network) or ".", "studio")
+
+
 def import_gradio():
     """gradio, imported on first use (an optional extra); UserError with the install line when it is missing."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local tool: no usage reporting

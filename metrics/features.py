@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils.errors import UserError, first_line
+from torch_utils.progress import is_terminal
 
 # torch-fidelity's conversion of the TF graph "inception-2015-12-05" (pool3 = 2048-d, the FID features).
 INCEPTION_URL = (
@@ -81,7 +83,10 @@ def resolve_inception_weights(path: str | None = None, download: bool = True) ->
         raise UserError(f"Inception weights not in {cached}; download {INCEPTION_URL} there or pass a local path")
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     try:
-        torch.hub.download_url_to_file(INCEPTION_URL, cached, progress=True)
+        bar = is_terminal(sys.stderr)  # torch.hub's tqdm bar only on a terminal; a log gets this one line
+        if not bar:
+            print(f"downloading {INCEPTION_URL} to {cached} ...", file=sys.stderr, flush=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, cached, progress=bar)
     except Exception as exc:  # network errors vary by platform; one clear line for the user
         raise UserError(f"could not download {INCEPTION_URL} ({exc}); place the file at {cached} by hand") from exc
     return cached

@@ -208,6 +208,6 @@ def file_size_in_dir(root: str) -> Callable[[str], int]:
 def _progress(items: list[str], enabled: bool, desc: str):
     if not enabled or len(items) < 1000:
         return items
-    from tqdm import tqdm
+    from torch_utils.progress import progress
 
-    return tqdm(items, desc=desc, unit="img", leave=False)
+    return progress(items, desc=desc, unit="img", leave=False)

@@ -153,7 +153,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         if tick_done and batch_idx > 0:
             tick_stats = reporter.tick(cur_tick=cur_tick, cur_nimg=cur_nimg, tick_start_nimg=tick_start_nimg,
                           tick_start_time=tick_start_time, start_time=start_time,
-                          maintenance_time=maintenance_time)  # fmt: skip
+                          maintenance_time=maintenance_time, total_nimg=total_nimg)  # fmt: skip
             guard.check(tick_stats, cur_tick, run_dir)  # a diverged run stops here, before its snapshot
 
             # Snapshot: fakes grid, network snapshot, training state, metrics (every config.snap ticks and at the end).

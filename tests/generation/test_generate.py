@@ -23,10 +23,12 @@ from training.condition import Condition
 from training.networks import Generator
 from training.rep import make_rep
 from training.resolve import build_renderer
+from training.run.grids import MIN_CELL_PX, upscale_factor
 from training.run.snapshot import load_network, save_network_snapshot
 
 RES = 64  # smallest resolution with all three fig. 7 scales (fine = 64..R)
 NUM_LABELS = 12
+K = upscale_factor(RES)  # grid PNGs show cells under 96 px enlarged K x (nearest neighbour); per-cell PNGs are R px
 
 
 def _make_snapshot(folder: str, conditional: bool, assets: dict) -> str:
@@ -91,6 +93,14 @@ def png(path) -> np.ndarray:
     return np.asarray(PIL.Image.open(path))
 
 
+def grid_png(path) -> np.ndarray:
+    """A grid PNG at G's resolution, after checking that the file is its K x nearest-neighbour enlargement."""
+    big = png(path)
+    small = big[::K, ::K]
+    np.testing.assert_array_equal(big, small.repeat(K, axis=0).repeat(K, axis=1))
+    return small
+
+
 def test_parse_seeds() -> None:
     assert cg.parse_seeds("0-3,7") == [0, 1, 2, 3, 7]
     assert cg.parse_seeds("5") == [5]
@@ -139,7 +149,7 @@ def test_style_scales_follow_the_paper(env) -> None:
 def test_images_grid_size_and_p(env, tmp_path, show_rep: bool) -> None:
     extra = ["--show-rep"] if show_rep else []
     ok("images", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "0-4", "--cols", "3", *extra)
-    grid = png(tmp_path / "grid-seeds0-4.png")
+    grid = grid_png(tmp_path / "grid-seeds0-4.png")
     assert grid.shape == (2 * RES, 3 * RES * (2 if show_rep else 1), 3)
     assert (grid[RES:, 2 * RES * (2 if show_rep else 1) :] == 0).all()  # 5 samples in a 2 x 3 grid: last cell empty
     p = np.load(tmp_path / "grid-seeds0-4-p.npy")
@@ -176,7 +186,7 @@ def test_same_seed_same_image_for_any_batch(env, tmp_path) -> None:
 def test_vary_changes_only_its_group(env, tmp_path, attr: str) -> None:
     ok("vary", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "5", "--attr", attr, "--cols", "4",
        "--show-rep")  # fmt: skip
-    assert png(tmp_path / f"vary-{attr}-seed0005.png").shape == (RES, 5 * 2 * RES, 3)
+    assert grid_png(tmp_path / f"vary-{attr}-seed0005.png").shape == (RES, 5 * 2 * RES, 3)
     p = np.load(tmp_path / f"vary-{attr}-seed0005-p.npy")[0]
     labels = env["labels"]
     base = labels[cg.p_index(5, NUM_LABELS)]
@@ -209,8 +219,12 @@ def test_resample_modes_share_cells_with_images(env, tmp_path) -> None:
        "--save-images", "--show-rep")  # fmt: skip
     ok("resample-p", "--network", env["cond"], "--outdir", tmp_path, "--seeds", "0-1", "--p-seeds", "0-2",
        "--save-images")  # fmt: skip
-    assert png(tmp_path / "resample-z-seeds0-1-z0-2.png").shape == (2 * RES, 3 * 2 * RES, 3)
-    assert png(tmp_path / "resample-p-seeds0-1-p0-2.png").shape == (2 * RES, 3 * RES, 3)
+    assert grid_png(tmp_path / "resample-z-seeds0-1-z0-2.png").shape == (2 * RES, 3 * 2 * RES, 3)
+    assert grid_png(tmp_path / "resample-p-seeds0-1-p0-2.png").shape == (2 * RES, 3 * RES, 3)
+    assert K * RES >= MIN_CELL_PX and png(tmp_path / "grid-seeds0-1.png").shape == (K * RES, 2 * K * RES, 3)
+    for seed in (0, 1):  # the grid shows G's pixels, enlarged: at G's resolution it is the per-cell PNGs side by side
+        cell = grid_png(tmp_path / "grid-seeds0-1.png")[:, seed * RES : (seed + 1) * RES]
+        np.testing.assert_array_equal(cell, png(tmp_path / f"grid-seeds0-1/seed{seed:04d}.png"))
     pz, pp = np.load(tmp_path / "resample-z-seeds0-1-z0-2-p.npy"), np.load(tmp_path / "resample-p-seeds0-1-p0-2-p.npy")
     assert (pz == pz[:, :1]).all() and not np.array_equal(pz[0, 0], pz[1, 0])  # p fixed along each row
     assert (pp == pp[:1]).all() and not np.array_equal(pp[0, 0], pp[0, 1])  # p fixed down each column
@@ -226,9 +240,9 @@ def test_resample_modes_share_cells_with_images(env, tmp_path) -> None:
 def test_style_mix_matches_direct_computation(env, tmp_path) -> None:
     ok("style-mix", "--network", env["cond"], "--outdir", tmp_path, "--row-seeds", "0-1", "--col-seeds", "2-4")
     for scale in cg.STYLE_SCALES:  # header row + header column around 2 x 3 cells
-        assert png(tmp_path / f"style-mix-{scale}-rows0-1-cols2-4.png").shape == (3 * RES, 4 * RES, 3)
+        assert grid_png(tmp_path / f"style-mix-{scale}-rows0-1-cols2-4.png").shape == (3 * RES, 4 * RES, 3)
     ok("style-mix", "--network", env["cond"], "--outdir", tmp_path, "--layers", "0-3", "--show-rep")
-    assert png(tmp_path / "style-mix-layers0-3-rows0-2-cols0-2.png").shape == (4 * RES, 4 * 2 * RES, 3)
+    assert grid_png(tmp_path / "style-mix-layers0-3-rows0-2-cols0-2.png").shape == (4 * RES, 4 * 2 * RES, 3)
     # Library result vs. G run by hand: ws of A with the coarse ws of B, rep of A's p.
     G = load_network(env["cond"])
     renderer = build_renderer(env["bfm"], "torch", torch.device("cpu"))
@@ -249,7 +263,7 @@ def test_style_mix_matches_direct_computation(env, tmp_path) -> None:
 def test_reference_takes_exp_light_angle_from_photos(env, tmp_path) -> None:
     ok("reference", "--network", env["cond"], "--outdir", tmp_path, "--images", env["refs"], "--seeds", "0-2",
        "--show-rep")  # fmt: skip
-    assert png(tmp_path / "reference-seeds0-2.png").shape == (4 * RES, 3 * 2 * RES, 3)
+    assert grid_png(tmp_path / "reference-seeds0-2.png").shape == (4 * RES, 3 * 2 * RES, 3)
     p = np.load(tmp_path / "reference-seeds0-2-p.npy")
     # Independent FR pass: photo -> [0, 1] at the generator's resolution -> FR input size -> ReconNet.
     net = load_recon_net(env["recon"]).eval()
@@ -278,7 +292,7 @@ def test_reference_with_landmarks(env, tmp_path) -> None:
     lm = np.array([[45, 40], [75, 40], [60, 55], [48, 70], [72, 70]], dtype=np.float64)  # eyes, nose, mouth
     np.savetxt(raw / "photo.txt", lm)
     ok("reference", "--network", env["cond"], "--outdir", tmp_path, "--images", raw, "--landmarks", "--seeds", "0")
-    assert png(tmp_path / "reference-seeds0.png").shape == (2 * RES, 2 * RES, 3)
+    assert grid_png(tmp_path / "reference-seeds0.png").shape == (2 * RES, 2 * RES, 3)
     os.remove(raw / "photo.txt")
     result = run("reference", "--network", env["cond"], "--outdir", tmp_path, "--images", raw, "--landmarks")
     # No landmark file: the face detector runs (faces extra) and finds no face in noise, or says how to install it.
@@ -287,10 +301,10 @@ def test_reference_with_landmarks(env, tmp_path) -> None:
 
 def test_unconditional_snapshot(env, tmp_path) -> None:
     ok("images", "--network", env["uncond"], "--outdir", tmp_path, "--seeds", "0-3", "--cols", "2")
-    assert png(tmp_path / "grid-seeds0-3.png").shape == (2 * RES, 2 * RES, 3)
+    assert grid_png(tmp_path / "grid-seeds0-3.png").shape == (2 * RES, 2 * RES, 3)
     assert not (tmp_path / "grid-seeds0-3-p.npy").exists()
     ok("style-mix", "--network", env["uncond"], "--outdir", tmp_path, "--row-seeds", "0-1", "--scale", "fine")
-    assert png(tmp_path / "style-mix-fine-rows0-1-cols0-1.png").shape == (3 * RES, 3 * RES, 3)
+    assert grid_png(tmp_path / "style-mix-fine-rows0-1-cols0-1.png").shape == (3 * RES, 3 * RES, 3)
     for mode in ("vary", "resample-z", "resample-p"):
         result = run(mode, "--network", env["uncond"], "--outdir", tmp_path)
         assert result.exit_code == 1 and "unconditional" in result.output, result.output

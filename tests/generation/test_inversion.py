@@ -28,6 +28,7 @@ from training.condition import Condition
 from training.networks import Generator, SynthesisLayer
 from training.rep import make_rep
 from training.resolve import build_reconstructor, build_renderer
+from training.run.grids import upscale_factor
 from training.run.snapshot import load_network, save_network_snapshot
 
 RES = 32
@@ -195,8 +196,11 @@ def test_invert_and_edit_cli_write_every_file(env, tmp_path) -> None:
                                       "--outdir", str(out), "--attr", "angle", "--yaw", "-20,0,20"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "changed only p[angle]" in result.output
-    grid = np.asarray(PIL.Image.open(out / "gen-edit-angle.png"))
-    assert grid.shape == (RES, 5 * RES, 3)  # target, reconstruction, three yaws
+    big = np.asarray(PIL.Image.open(out / "gen-edit-angle.png"))
+    k = upscale_factor(RES)  # enlarged like every grid: each pixel a k x k block, cells >= 96 px
+    assert k * RES >= 96 and big.shape == (k * RES, 5 * k * RES, 3)  # target, reconstruction, three yaws
+    grid = big[::k, ::k]
+    np.testing.assert_array_equal(big, grid.repeat(k, axis=0).repeat(k, axis=1))
     np.testing.assert_array_equal(grid[:, :RES], target)
     projected = np.asarray(PIL.Image.open(out / "gen-projected.png"))
     np.testing.assert_array_equal(grid[:, RES : 2 * RES], projected)  # reconstruction = the latent's image

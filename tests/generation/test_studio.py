@@ -422,6 +422,19 @@ def test_page_in_headless_chromium(env, server, tmp_path) -> None:
     assert found > 0.9, f"only {found:.0%} of the generated image's colours are in the screenshot"
 
 
+def test_outdir_defaults_to_a_folder_beside_the_snapshot(env, monkeypatch) -> None:
+    pytest.importorskip("gradio")
+    from generation import studio as studio_app
+
+    served = {}
+    monkeypatch.setattr(studio_app, "serve", lambda app, *args, **kwargs: served.setdefault("outdir", app.outdir))
+    result = CliRunner().invoke(cli, ["studio", "--network", env["cond"], "--device", "cpu"])  # no --outdir
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    expected = os.path.join(os.path.dirname(env["cond"]), "studio")
+    assert served["outdir"] == expected and f"Save writes to {expected}" in result.output
+    assert not os.path.exists(expected)  # created by the first Save, not before
+
+
 def test_without_gradio_one_line(env, tmp_path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the extra were not installed
     result = CliRunner().invoke(cli, ["studio", "--network", env["cond"], "--outdir", str(tmp_path)])

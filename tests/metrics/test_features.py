@@ -46,6 +46,14 @@ def test_missing_inception_weights_are_a_clear_error(tmp_path, monkeypatch):
         resolve_inception_weights(None, download=False)
 
 
+
+def test_inception_download_shows_a_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, progress: calls.append(progress))
+    resolve_inception_weights(None, download=True)  # stderr is captured here: a log, not a terminal
+    assert calls == [False] and capsys.readouterr().err.startswith("downloading https://")
+
 @pytest.mark.slow
 def test_inception_wrapper_matches_torch_fidelity_with_random_weights(tmp_path, monkeypatch):
     fid_module = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")

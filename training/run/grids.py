@@ -2,7 +2,8 @@
 
 Grids are GRID_COLS x GRID_ROWS cells and every cell is shown at least MIN_CELL_PX pixels wide: small images are
 enlarged by an integer factor with nearest-neighbour upsampling (each pixel becomes a k x k block, so what is shown
-is exactly what the network produced, only bigger).
+is exactly what the network produced, only bigger). `enlarge` does the same for every other figure (generate.py's
+grids, edit rows and videos).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def upscale_factor(size: int, min_cell: int = MIN_CELL_PX) -> int:
     return max(1, math.ceil(min_cell / size))
 
 
+def enlarge(image: np.ndarray, cell: int, min_cell: int = MIN_CELL_PX) -> np.ndarray:
+    """uint8 [H, W, C] made of cell-px tiles -> [kH, kW, C], each pixel a k x k block, k = upscale_factor(cell)."""
+    k = upscale_factor(cell, min_cell)
+    return image.repeat(k, axis=0).repeat(k, axis=1) if k > 1 else image
+
+
 def save_image_grid(images: np.ndarray | torch.Tensor, path: str, grid_w: int, drange=(-1, 1),
                     min_cell: int = MIN_CELL_PX) -> None:
     """Tile images [N, C, H, W] (N = grid_w * rows, row-major) into one PNG; drange maps to 0..255.
@@ -36,8 +43,7 @@ def save_image_grid(images: np.ndarray | torch.Tensor, path: str, grid_w: int, d
     grid_h = n // grid_w
     images = images[: grid_w * grid_h].reshape(grid_h, grid_w, c, h, w).transpose(0, 3, 1, 4, 2)
     images = images.reshape(grid_h * h, grid_w * w, c)
-    k = upscale_factor(min(h, w), min_cell)
-    images = images.repeat(k, axis=0).repeat(k, axis=1)  # nearest neighbour: every pixel becomes a k x k block
+    images = enlarge(images, min(h, w), min_cell)  # nearest neighbour: every pixel becomes a k x k block
     PIL.Image.fromarray(images[:, :, 0] if c == 1 else images, "L" if c == 1 else "RGB").save(path)
 
 

@@ -8,6 +8,11 @@ collective (an all-reduce over ranks); only rank 0 prints and writes. TensorBoar
 Loader wait: the seconds the loop spent blocked on `next(loader)` during the tick (`wait` in the status line,
 `Timing/loader_wait_sec` and its share of the tick, `Timing/loader_wait_frac`, in stats.jsonl). Near 0 means the
 data loader keeps up; a large share means the step is starved (raise --workers or use a faster disk).
+
+ETA: the images still to train times the recent wall time per image (`eta` in the status line, `Timing/eta_sec`).
+Recent = the last ETA_TICKS ticks, snapshot time included (snapshots recur, so they belong in the estimate); the first
+tick this process reports is left out once there is another, because it carries the start-up (CUDA context, kernel
+builds, loader warm-up).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 
 import torch
 
 from torch_utils.misc import format_time
 from torch_utils.training_stats import StatsCollector
+
+ETA_TICKS = 3  # ticks averaged for the ETA's seconds per image
 
 
 def cpu_memory_gb() -> float:
@@ -66,6 +74,8 @@ class TickReporter:
         """resume_point: (images, tick) of the training state a resumed run starts from; None for a new run."""
         self.stats, self.device, self.rank = stats, device, rank
         self.loader_wait = 0.0  # seconds blocked on the data loader since the last tick
+        self.startup_tick: tuple[float, int] | None = None  # (wall seconds, images) of the first tick reported
+        self.recent: deque[tuple[float, int]] = deque(maxlen=ETA_TICKS)  # the same for the ticks after it
         self.writer = self.stats_file = None
         if rank == 0:
             if resume_point is not None:
@@ -83,21 +93,38 @@ class TickReporter:
         """Add time the training step spent waiting for a batch (summed until the next tick)."""
         self.loader_wait += seconds
 
+    def eta_sec(self, sec: float, nimg: int, remaining_nimg: int) -> float:
+        """Seconds left: remaining_nimg (>= 0) x the recent seconds per image, after adding this tick (sec, nimg)."""
+        if self.startup_tick is None:
+            self.startup_tick = (sec, nimg)
+        else:
+            self.recent.append((sec, nimg))
+        window = self.recent or [self.startup_tick]
+        done = sum(n for _, n in window)
+        return max(remaining_nimg, 0) * sum(s for s, _ in window) / done if done > 0 else 0.0
+
     def tick(self, *, cur_tick: int, cur_nimg: int, tick_start_nimg: int, tick_start_time: float, start_time: float,
-             maintenance_time: float) -> dict[str, dict[str, float]]:
-        """Report one finished tick (collective: every rank calls it); returns the tick's statistics."""
+             maintenance_time: float, total_nimg: int | None = None) -> dict[str, dict[str, float]]:
+        """Report one finished tick (collective: every rank calls it); returns the tick's statistics.
+
+        total_nimg: the run's length in images, for the ETA (left out when None).
+        """
         tick_end_time = time.time()
         sec_per_tick = tick_end_time - tick_start_time
         sec_per_kimg = sec_per_tick / max(cur_nimg - tick_start_nimg, 1) * 1000
         gpumem = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else 0.0
         cpumem = cpu_memory_gb()
         loader_wait, self.loader_wait = self.loader_wait, 0.0
+        timings = []
+        if total_nimg is not None:
+            wall = sec_per_tick + maintenance_time  # the snapshot after the last tick belongs to this interval
+            timings.append(("Timing/eta_sec", self.eta_sec(wall, cur_nimg - tick_start_nimg, total_nimg - cur_nimg)))
         for name, value in (("Progress/tick", cur_tick), ("Progress/kimg", cur_nimg / 1000),
                             ("Timing/total_sec", tick_end_time - start_time),
                             ("Timing/sec_per_tick", sec_per_tick), ("Timing/sec_per_kimg", sec_per_kimg),
                             ("Timing/maintenance_sec", maintenance_time), ("Resources/cpu_mem_gb", cpumem),
                             ("Resources/peak_gpu_mem_gb", gpumem), ("Timing/loader_wait_sec", loader_wait),
-                            ("Timing/loader_wait_frac", loader_wait / max(sec_per_tick, 1e-9))):  # fmt: skip
+                            ("Timing/loader_wait_frac", loader_wait / max(sec_per_tick, 1e-9)), *timings):  # fmt: skip
             self.stats.report(name, value)
         tick_stats = self.stats.collect()  # collective: every rank
         if self.rank != 0:
@@ -106,10 +133,11 @@ class TickReporter:
         # Terms a design does not compute (alpha and cons without a consistency loss) are left out, not shown as nan.
         optional = [f"{label} {mean(name):{fmt}}" for label, name, fmt in (
             ("alpha", "Progress/alpha", ".3f"), ("cons", "Loss/G/consistency", ".4f")) if name in tick_stats]
+        eta = [f"eta {format_time(mean('Timing/eta_sec')):<12s}"] if "Timing/eta_sec" in tick_stats else []
         print(" ".join([
             f"tick {cur_tick:<5d}", f"kimg {cur_nimg / 1000:<8.1f}",
             f"time {format_time(tick_end_time - start_time):<12s}", f"sec/tick {sec_per_tick:<7.1f}",
-            f"sec/kimg {sec_per_kimg:<7.2f}", f"maint {maintenance_time:<5.1f}", f"wait {loader_wait:<5.1f}",
+            f"sec/kimg {sec_per_kimg:<7.2f}", *eta, f"maint {maintenance_time:<5.1f}", f"wait {loader_wait:<5.1f}",
             f"cpumem {cpumem:<5.2f}", f"gpumem {gpumem:<5.2f}", f"G {mean('Loss/G/loss'):.3f}",
             f"D {mean('Loss/D/loss'):.3f}", *optional]), flush=True)  # fmt: skip
         self.stats_file.write(json.dumps(dict(tick_stats, timestamp=time.time())) + "\n")
