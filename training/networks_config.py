@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from deep3drecon.coeffs import NUM_COEFFS
 from training.config import TrainConfig
+from training.designs import COND_KINDS
 
 
 def generator_kwargs(config: TrainConfig, resolution: int) -> dict:
     """Generator(**kwargs) for this run: mapping depth, z_dim, channels, and how p enters (config.design)."""
     cond_kind = config.design_spec.cond_kind
     encoder_kwargs = None
-    if cond_kind == "inject":  # the render encoder E whose features are injected (eq. 7, 14)
+    if COND_KINDS[cond_kind].encoder:  # the render encoder E whose features are injected (eq. 7, 14)
         encoder_kwargs = dict(channel_base=config.enc_channel_base, channel_max=config.enc_channel_max,
                               feat_channels=config.enc_feat_channels)
     return dict(
@@ -22,7 +24,11 @@ def generator_kwargs(config: TrainConfig, resolution: int) -> dict:
 
 
 def discriminator_kwargs(config: TrainConfig, resolution: int) -> dict:
-    """Discriminator(**kwargs): unconditional resnet D with minibatch-stddev group config.mbstd_group."""
-    return dict(img_resolution=resolution, img_channels=3, channel_base=config.channel_base,
-                channel_max=config.channel_max, num_fp16_res=config.num_fp16_res, conv_clamp=config.conv_clamp,
-                mbstd_group_size=config.mbstd_group)
+    """Discriminator(**kwargs): resnet D with minibatch-stddev group config.mbstd_group; conditioned on p by
+    projection only for a design with d_cond (sg2-cond; StyleGAN2-ADA's default D mapping depth 8)."""
+    kwargs = dict(img_resolution=resolution, img_channels=3, channel_base=config.channel_base,
+                  channel_max=config.channel_max, num_fp16_res=config.num_fp16_res, conv_clamp=config.conv_clamp,
+                  mbstd_group_size=config.mbstd_group)
+    if config.design_spec.d_cond:  # only then: the default D's kwargs (and snapshots) stay as they were
+        kwargs["c_dim"] = NUM_COEFFS
+    return kwargs
