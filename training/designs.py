@@ -15,6 +15,7 @@ every other consumer asks the built generator what it needs (`G.needs`). docs/de
     method-mapping    map-embed         embed(p) concatenated with z in the mapping       rep consistency   no
     sg2-cond          map-embed         as method-mapping (StyleGAN2-ADA label path)      -                 projection
     dfg               map-raw           raw p concatenated with z in the mapping          DFG imitative     no
+    3dfm              comod             enc(rep) replaces the const input, scales all w   face-region L2    no
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class CondKind:
     encoder: bool            # the synthesis network owns E and injects E(rep(p)) per conv layer (eq. 7, 14)
     feat_style: str          # "one": injected channels get style 1 (eq. 7); "affine": a style s(w) (breaks eq. 8)
     mapping_input: str       # "z": the mapping sees z only; "embed": + normalise(embed(p)) (SG2-ADA); "raw": + p (DFG)
+    comod: bool = False      # 3D-FM GAN: an encoder of rep(p) replaces the const input and multiplies every w
 
 
 COND_KINDS: dict[str, CondKind] = {
@@ -40,14 +42,15 @@ COND_KINDS: dict[str, CondKind] = {
     "inject-modulated": CondKind(("rep",), True, "affine", "z"),    # injected channels scaled by s(w)
     "map-embed": CondKind(("p",), False, "one", "embed"),           # [normalise(z), normalise(embed(p))] -> mapping
     "map-raw": CondKind(("p",), False, "one", "raw"),               # [z, p] -> mapping, no normalisation (DFG)
+    "comod": CondKind(("rep",), False, "one", "z", comod=True),      # 3D-FM GAN's input tensor + co-modulation
 }  # fmt: skip
 
 # Which fields of the Condition (training.condition.Condition) each kind reads.
 COND_KIND_NEEDS: dict[str, tuple[str, ...]] = {name: kind.needs for name, kind in COND_KINDS.items()}
 
 # The G phase's extra term: None, the paper's render-space consistency (eq. 6), its coefficient-space ablation, or
-# DiscoFaceGAN's imitative losses.
-G_TERMS = (None, "rep", "coeff", "dfg")
+# DiscoFaceGAN's imitative losses, or 3D-FM GAN's face-region L2 to the render.
+G_TERMS = (None, "rep", "coeff", "dfg", "3dfm")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class Design:
     @property
     def needs_fr(self) -> bool:
         """True when a G-phase term runs the frozen FR (consistency, DFG's landmark and lighting terms)."""
-        return self.g_term is not None
+        return self.g_term in ("rep", "coeff", "dfg")
 
 
 DESIGNS: dict[str, Design] = {
@@ -93,7 +96,11 @@ DESIGNS: dict[str, Design] = {
                        "StyleGAN2-ADA label conditioning: embed(p) into the mapping, projection D, no consistency",
                        d_cond=True),
     "dfg": Design("dfg", "map-raw", "dfg",
-                  "DiscoFaceGAN-style: raw p into the mapping, imitative losses (render, skin, landmarks, light)"),
+                  "DiscoFaceGAN-style: raw p into the mapping, imitative losses (render, skin, landmarks, light); "
+                  "absent: FaceNet identity, stage-2 contrastive terms"),
+    "3dfm": Design("3dfm", "comod", "3dfm",
+                   "3D-FM GAN-style: encoder of rep(p) replaces the const input and co-modulates w, face-region L2 "
+                   "to the render; absent: LPIPS/L1/ArcFace (need paired photos)"),
 }  # fmt: skip
 
 

@@ -1,4 +1,9 @@
-"""DiscoFaceGAN's imitative losses (Deng et al. 2020, `training/loss_control.py`), the G-phase term of `dfg`.
+"""Proxy losses that make G imitate the render of p: DiscoFaceGAN's (`dfg`) and 3D-FM GAN's (`3dfm`).
+
+DiscoFaceGAN's imitative losses (Deng et al. 2020, `training/loss_control.py`) are the G-phase term of `dfg`;
+3D-FM GAN's face-region L2 (adobe/3D-FM-GAN: squared difference between output and render inside the render mask,
+weight 20 on its DFG pairs) is the term of `3dfm`; its LPIPS, L1 and ArcFace terms compare with a paired target
+photo, which random generation does not have: absent.
 
 DFG makes G imitate the render of its input coefficients p with proxy objectives, instead of the paper's
 consistency through FR's posterior (eq. 5-6). Images and renders are [-1, 1]; mask = the face mask of rep(p)
@@ -27,7 +32,7 @@ from training.condition import Condition
 from training.rep import rep_render
 
 RENDER_ONLY_MAX_RES = 32  # DFG uses the render distance alone up to 32 px (FR cannot read smaller faces)
-WEIGHTS = {"render": 20.0, "landmark": 500.0, "lighting": 10.0, "skin": 20.0}
+WEIGHTS = {"render": 20.0, "landmark": 500.0, "lighting": 10.0, "skin": 20.0, "face_l2": 20.0}
 ABSENT_TERMS = ("identity (FaceNet)", "contrastive expression / lighting pairs (stage 2; face parser, FaceNet)")
 CROP = 224  # landmark coordinates are pixels of the 224 crop; DFG divides them by 224
 
@@ -51,17 +56,30 @@ def skin_distance(fake: torch.Tensor, render: torch.Tensor, mask: torch.Tensor) 
     return (mean_fake - mean_render).square().sum(1).add(1e-8).sqrt()
 
 
-class ImitativeLoss(torch.nn.Module):
-    """Per-sample weighted sum [N] of DFG's imitative terms for fakes generated from cond (module docstring)."""
+def face_region_l2(fake: torch.Tensor, render: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """3D-FM GAN's face-region L2 [N]: squared difference summed over channels, mean over the mask's pixels."""
+    sq = (fake - render).square().sum(dim=1, keepdim=True)
+    return (sq * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
 
-    def __init__(self, renderer: torch.nn.Module, reconstructor: torch.nn.Module) -> None:
+
+class ImitativeLoss(torch.nn.Module):
+    """Per-sample weighted sum [N] of the imitative terms of `style` ("dfg" | "3dfm") for fakes from cond.
+
+    reconstructor: the frozen FR (DFG's landmark and lighting terms); None for "3dfm", which needs none.
+    """
+
+    def __init__(self, renderer: torch.nn.Module, reconstructor: torch.nn.Module | None, style: str = "dfg") -> None:
         super().__init__()
-        self.renderer, self.reconstructor = renderer, reconstructor
+        if style not in ("dfg", "3dfm") or (style == "dfg" and reconstructor is None):
+            raise ValueError(f"style {style!r}: 'dfg' (needs the reconstructor) or '3dfm'")
+        self.renderer, self.reconstructor, self.style = renderer, reconstructor, style
 
     def terms(self, fake: torch.Tensor, cond: Condition) -> dict[str, torch.Tensor]:
         """Each present term's unweighted value [N] at fake's resolution."""
         rep = cond.rep
         render, mask = rep_render(rep), face_mask(rep)
+        if self.style == "3dfm":
+            return {"face_l2": face_region_l2(fake, render, mask)}
         if fake.shape[-1] <= RENDER_ONLY_MAX_RES:
             return {"render": render_distance(fake, render, mask)}
         coeffs_hat = self.reconstructor(fake).float()

@@ -17,6 +17,7 @@ from torch_utils.errors import UserError
 from torch_utils.misc import fp16_blocks_active
 from torch_utils.ops import bias_act, modulated_conv, upfirdn2d
 from training.condition import Condition
+from training.conditioning import CoModEncoder
 from training.designs import COND_KINDS
 from training.encoder import RenderEncoder
 from training.layers import FullyConnectedLayer, block_resolutions, channels_at, fir_filter
@@ -218,13 +219,14 @@ class SynthesisBlock(nn.Module):
         conv_clamp: float | None = None,
         feat_channels: int = 0,
         feat_style: str = "one",
+        const_input: bool = True,        # False (3dfm): the first block's input comes from the caller, no const
     ) -> None:
         super().__init__()
         self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
         self.register_buffer("resample_filter", fir_filter())
         layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, feat_channels=feat_channels,
                             feat_style=feat_style)
-        if in_channels == 0:  # first block: learned constant input, a single conv
+        if in_channels == 0 and const_input:  # first block: learned constant input, a single conv
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, **layer_kwargs)
@@ -250,7 +252,9 @@ class SynthesisBlock(nn.Module):
         if fused_modconv is None:
             fused_modconv = not self.training  # plain convs train faster; grouped conv is faster at inference
         w_iter = iter(ws.unbind(dim=1))
-        if self.in_channels == 0:
+        if self.in_channels == 0 and x is not None:  # 3dfm: the encoder's 4x4 tensor instead of the constant
+            x = x.to(dtype)
+        elif self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
         else:
             x = self.conv0(x.to(dtype), next(w_iter), feats[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
@@ -282,6 +286,7 @@ class SynthesisNetwork(nn.Module):
         conv_clamp: float | None = 256,
         encoder_kwargs: dict | None = None,
         feat_style: str = "one",          # style of the injected channels: "one" (eq. 7) | "affine" (ablation)
+        comod: bool = False,              # 3dfm: CoModEncoder(rep) gives b4's input and multiplies every w
     ) -> None:
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
@@ -289,6 +294,10 @@ class SynthesisNetwork(nn.Module):
         # E first: its weights draw from the RNG before the blocks', and its parameters come first (optimizer order).
         self.encoder = RenderEncoder(img_resolution=img_resolution, **encoder_kwargs) if encoder_kwargs else None
         feat_channels = self.encoder.feat_channels if self.encoder is not None else {}
+        self.comod = None
+        if comod:  # 3D-FM GAN (training.conditioning)
+            self.comod = CoModEncoder(img_resolution, w_dim, channels_at(4, channel_base, channel_max), channel_base,
+                                      channel_max)  # fmt: skip
         fp16_resolution = max(2 ** (int(math.log2(img_resolution)) + 1 - num_fp16_res), 8)
         self.layer_resolutions, self.feat_resolutions, self.feat_layer_channels = [], [], []
         self.num_ws = 0
@@ -298,7 +307,7 @@ class SynthesisNetwork(nn.Module):
             block = SynthesisBlock(
                 in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
                 use_fp16=(res >= fp16_resolution), conv_clamp=conv_clamp, feat_channels=feat_channels.get(res, 0),
-                feat_style=feat_style,
+                feat_style=feat_style, const_input=not (comod and res == 4),
             )  # fmt: skip
             setattr(self, f"b{res}", block)
             self.num_ws += block.num_conv
@@ -343,6 +352,11 @@ class SynthesisNetwork(nn.Module):
         feats = self.injected_features(cond)  # E(rep(p)), or None (eq. 7's c, one map per conv layer)
         self.check_feats(feats, ws.shape[0])  # feats[i]: [N, feat_layer_channels[i], feat_resolutions[i] ** 2]
         x = img = None  # x: [N, C_r, r, r] features, img: [N, 3, r, r] running RGB (skip architecture)
+        if self.comod is not None:  # 3dfm: x4 replaces the constant input; ws_i <- scale * ws_i (co-modulation)
+            if cond is None:
+                raise UserError("this generator is 3DMM-conditional: pass a Condition (p and rep(p))")
+            x, scale = self.comod(cond.rep)
+            ws = ws * scale.unsqueeze(1).to(ws.dtype)
         w_idx = feat_idx = 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
@@ -388,7 +402,7 @@ class Generator(nn.Module):
         if "encoder_kwargs" in synthesis_kwargs:
             raise UserError("pass encoder_kwargs to the Generator, not inside synthesis_kwargs")
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, encoder_kwargs=encoder_kwargs,
-                                          feat_style=kind.feat_style, **synthesis_kwargs)  # fmt: skip
+                                          feat_style=kind.feat_style, comod=kind.comod, **synthesis_kwargs)  # fmt: skip
         self.num_ws = self.synthesis.num_ws
         c_dim = NUM_COEFFS if kind.mapping_input != "z" else 0
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, c_dim=c_dim, mapping_input=kind.mapping_input,

@@ -220,9 +220,11 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
 
 def _g_term(design: Design, config: TrainConfig, renderer: torch.nn.Module, labels: np.ndarray,
             recon_ckpt: str | None, device: torch.device) -> torch.nn.Module | None:
-    """The design's G-phase term (training.designs `g_term`, `blend`): consistency, its ablations, DFG's, or None."""
+    """The design's G-phase term (training.designs `g_term`, `blend`): consistency, its ablation, DFG's, 3D-FM's."""
     if design.g_term is None or (design.consistency and config.lambda_cons == 0):
         return None
+    if design.g_term == "3dfm":
+        return ImitativeLoss(renderer, None, style="3dfm")
     reconstructor = build_reconstructor(recon_ckpt, device, config.recon_backbone)
     if design.g_term == "dfg":
         return ImitativeLoss(renderer, reconstructor)

@@ -22,7 +22,7 @@ from training.networks import Generator, MappingNetwork, SynthesisLayer
 from training.networks_config import discriminator_kwargs, generator_kwargs
 from training.rep import make_rep
 
-ISSUE_NAMES = ("method", "uncond", "sg2-cond", "dfg", "method-noblend", "method-coeffcons", "method-modulated",
+ISSUE_NAMES = ("method", "uncond", "sg2-cond", "dfg", "3dfm", "method-noblend", "method-coeffcons", "method-modulated",
                "method-mapping")  # fmt: skip
 TINY_SYN = dict(channel_base=128, channel_max=8, num_fp16_res=0)
 TINY_ENC = dict(channel_base=64, channel_max=8, feat_channels=3)
@@ -275,3 +275,34 @@ def test_dfg_term_by_resolution_and_through_fr(renderer):
     exact = ImitativeLoss(renderer, oracle_fr(p)).terms(torch.zeros(2, 3, 64, 64), cond)
     assert float(exact["landmark"].abs().max()) == 0 and float(exact["lighting"].abs().max()) == 0
     assert any("FaceNet" in t for t in ABSENT_TERMS)
+
+
+def test_3dfm_encoder_replaces_the_constant_and_co_modulates_every_w():
+    G = generator("comod")
+    syn = G.synthesis
+    assert not hasattr(syn.b4, "const") and syn.encoder is None and G.needs == ("rep",)
+    z, rep = torch.randn(2, 8), torch.rand(2, 9, 16, 16) * 2 - 1
+    seen = []
+    syn.b4.conv1.register_forward_pre_hook(lambda module, args: seen.append(args[:2]))
+    syn.b8.conv0.register_forward_pre_hook(lambda module, args: seen.append(args[:2]))
+    ws = G.mapping(z, rep_cond(rep))
+    syn(ws, rep_cond(rep), noise_mode="const")
+    x4, scale = syn.comod(rep)
+    torch.testing.assert_close(seen[0][0], x4)  # b4's input is E_Tsr(rep), not a learned constant
+    torch.testing.assert_close(seen[0][1], ws[:, 0] * scale)  # style input = E_W(rep) * w (co-modulation)
+    torch.testing.assert_close(seen[1][1], ws[:, 1] * scale)
+    with torch.no_grad():  # the image follows rep at a fixed z
+        other = rep_cond(torch.rand(2, 9, 16, 16) * 2 - 1)
+        assert not torch.allclose(G(z, rep_cond(rep), noise_mode="const"), G(z, other, noise_mode="const"))
+
+
+def test_3dfm_face_region_l2_equals_numpy_and_needs_no_fr(renderer):
+    p = coeffs(2)
+    rep = make_rep(renderer, p, 16)
+    fake = torch.rand(2, 3, 16, 16) * 2 - 1
+    terms = ImitativeLoss(renderer, None, style="3dfm").terms(fake, Condition(p, rep))
+    f, r, m = fake.double().numpy(), rep[:, :3].double().numpy(), face_mask(rep).double().numpy()
+    expected = (((f - r) ** 2).sum(axis=1, keepdims=True) * m).sum(axis=(1, 2, 3)) / m.sum(axis=(1, 2, 3))
+    assert set(terms) == {"face_l2"}
+    np.testing.assert_allclose(terms["face_l2"].numpy(), expected, rtol=1e-5)
+    assert not DESIGNS["3dfm"].needs_fr and DESIGNS["dfg"].needs_fr
