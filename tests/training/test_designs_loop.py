@@ -65,8 +65,9 @@ def test_kill_and_resume_is_bit_exact(tmp_path, assets, design):
         for name, tensor in a[key].items():
             torch.testing.assert_close(b[key][name], tensor, rtol=0, atol=0, msg=f"{design} {key}.{name}")
     G = snapshot.load_network(snapshot.latest_training_state(str(straight)))
-    assert G.cond_kind == {"method-modulated": "inject-modulated", "method-mapping": "map-embed",
-                           "sg2-cond": "map-embed", "dfg": "map-raw", "3dfm": "comod"}.get(design, "inject")  # fmt: skip
+    kinds = {"method-modulated": "inject-modulated", "method-mapping": "map-embed", "sg2-cond": "map-embed",
+             "dfg": "map-raw", "3dfm": "comod"}  # fmt: skip
+    assert G.cond_kind == kinds.get(design, "inject")
 
 
 # One Gmain + Dmain + Dreg accumulation of a design: 2 gloo ranks with half the batch each vs 1 process with all.
