@@ -121,6 +121,7 @@ class SynthesisLayer(nn.Module):
         conv_clamp: float | None = None,  # clamp pre-activations to +-conv_clamp (fp16 safety, StyleGAN2 paper256)
         feat_channels: int = 0,          # F injected 3DMM feature channels (eq. 7), style fixed to 1; 0 = baseline
         feat_style: str = "one",         # "one" (eq. 7) | "affine" (ablation: the feat channels' style is s(w))
+        feat_init: str = "zero",         # injected-feature weight columns: "zero" | "paper" (N(0, 1) like the rest)
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.feat_channels = in_channels, out_channels, feat_channels
@@ -132,9 +133,14 @@ class SynthesisLayer(nn.Module):
         # Styles only for the w-driven channels: the injected channels have no affine at all (eq. 7, s_c = 1).
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         weight = torch.randn([out_channels, in_channels + feat_channels, kernel_size, kernel_size])
-        # Injected-feature columns start at zero: at step 0 the layer equals the plain StyleGAN2 layer (demodulation
-        # included), so a G initialised from unconditional weights reproduces their images for every rep.
-        weight[:, in_channels:] = 0
+        # "zero": the injected-feature columns start at zero, so at step 0 the layer equals the plain StyleGAN2 layer
+        # (demodulation included). "paper": N(0, 1) like every other column (the paper's init; TrainConfig's
+        # default for runs from scratch). Either way the same random numbers are drawn. --init-from sets the
+        # columns it cannot copy to zero itself (training.interop.init_from).
+        if feat_init not in ("zero", "paper"):
+            raise UserError(f"feat_init must be 'zero' or 'paper', not '{feat_init}'")
+        if feat_init == "zero":
+            weight[:, in_channels:] = 0
         self.weight = nn.Parameter(weight)
         if feat_style not in ("one", "affine"):
             raise UserError(f"feat_style must be 'one' or 'affine', not '{feat_style}'")
@@ -220,12 +226,13 @@ class SynthesisBlock(nn.Module):
         feat_channels: int = 0,
         feat_style: str = "one",
         const_input: bool = True,        # False (3dfm): the first block's input comes from the caller, no const
+        feat_init: str = "zero",
     ) -> None:
         super().__init__()
         self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
         self.register_buffer("resample_filter", fir_filter())
         layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, feat_channels=feat_channels,
-                            feat_style=feat_style)
+                            feat_style=feat_style, feat_init=feat_init)
         if in_channels == 0 and const_input:  # first block: learned constant input, a single conv
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
@@ -287,6 +294,7 @@ class SynthesisNetwork(nn.Module):
         encoder_kwargs: dict | None = None,
         feat_style: str = "one",          # style of the injected channels: "one" (eq. 7) | "affine" (ablation)
         comod: bool = False,              # 3dfm: CoModEncoder(rep) gives b4's input and multiplies every w
+        feat_init: str = "zero",          # injected-feature weight columns at init: "zero" | "paper" (SynthesisLayer)
     ) -> None:
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
@@ -307,7 +315,7 @@ class SynthesisNetwork(nn.Module):
             block = SynthesisBlock(
                 in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
                 use_fp16=(res >= fp16_resolution), conv_clamp=conv_clamp, feat_channels=feat_channels.get(res, 0),
-                feat_style=feat_style, const_input=not (comod and res == 4),
+                feat_style=feat_style, const_input=not (comod and res == 4), feat_init=feat_init,
             )  # fmt: skip
             setattr(self, f"b{res}", block)
             self.num_ws += block.num_conv

@@ -14,11 +14,13 @@ def generator_kwargs(config: TrainConfig, resolution: int) -> dict:
     if COND_KINDS[cond_kind].encoder:  # the render encoder E whose features are injected (eq. 7, 14)
         encoder_kwargs = dict(channel_base=config.enc_channel_base, channel_max=config.enc_channel_max,
                               feat_channels=config.enc_feat_channels)
+    synthesis_kwargs = dict(channel_base=config.channel_base, channel_max=config.channel_max,
+                            num_fp16_res=config.num_fp16_res, conv_clamp=config.conv_clamp)
+    if encoder_kwargs is not None:  # the injected-feature columns' init (config.inject_init; --init-from zeroes them)
+        synthesis_kwargs["feat_init"] = config.inject_init
     return dict(
         z_dim=config.z_dim, w_dim=config.w_dim, img_resolution=resolution, img_channels=3,
-        mapping_kwargs=dict(num_layers=config.map_layers),
-        synthesis_kwargs=dict(channel_base=config.channel_base, channel_max=config.channel_max,
-                              num_fp16_res=config.num_fp16_res, conv_clamp=config.conv_clamp),
+        mapping_kwargs=dict(num_layers=config.map_layers), synthesis_kwargs=synthesis_kwargs,
         encoder_kwargs=encoder_kwargs, cond_kind=cond_kind,
     )
 

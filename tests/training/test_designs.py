@@ -306,3 +306,27 @@ def test_3dfm_face_region_l2_equals_numpy_and_needs_no_fr(renderer):
     assert set(terms) == {"face_l2"}
     np.testing.assert_allclose(terms["face_l2"].numpy(), expected, rtol=1e-5)
     assert not DESIGNS["3dfm"].needs_fr and DESIGNS["dfg"].needs_fr
+
+
+@pytest.mark.parametrize("design", ["method", "method-modulated"])
+def test_injected_columns_start_like_the_paper_by_default_and_zero_on_request(design):
+    layers = {}
+    for init in ("paper", "zero"):
+        torch.manual_seed(0)
+        G = Generator(**generator_kwargs(TrainConfig(design=design, inject_init=init, channel_base=256,
+                                                     channel_max=16, enc_channel_base=64, enc_channel_max=8,
+                                                     enc_feat_channels=2), 16))  # fmt: skip
+        layers[init] = [m for m in G.synthesis.modules() if isinstance(m, SynthesisLayer) and m.feat_channels]
+    assert TrainConfig().inject_init == "paper"
+    for paper, zero in zip(layers["paper"], layers["zero"]):
+        c = paper.in_channels
+        assert torch.equal(paper.weight[:, :c], zero.weight[:, :c])  # the same random draws for everything else
+        assert paper.weight[:, c:].abs().sum() > 0 and not zero.weight[:, c:].any()
+        torch.testing.assert_close(paper.weight[:, c:].std(), paper.weight[:, :c].std(), rtol=0.3, atol=0)
+
+
+def test_a_config_from_before_inject_init_reads_as_zero_init():
+    old = TrainConfig().to_dict()
+    del old["inject_init"]
+    assert TrainConfig.from_dict(old).inject_init == "zero"
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).inject_init == "paper"
