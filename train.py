@@ -215,6 +215,9 @@ def setup_run(cfg: str, resume: str | None, dry_run: bool, flags: dict) -> tuple
 @click.option("--cond/--no-cond", default=None, help="Aliases of --design method / --design uncond")
 @click.option("--lambda-cons", "lambda_cons", help="Consistency loss weight (eq. 13) [preset]", type=float)
 @click.option("--blend-kimg", "blend_kimg", help="Progressive blending length in kimg (eq. 6) [preset]", type=float)
+@click.option("--inject-init", "inject_init", type=click.Choice(["paper", "zero"]),
+              help="Injected-feature weight columns at init: paper = N(0,1) like every column, zero = G starts as "
+                   "StyleGAN2 (--init-from zeroes the columns it cannot copy either way) [preset: paper]")
 @click.option("--bfm", help="BFM_model_front.mat (default for smoke: the built-in synthetic face model)", type=str)
 @click.option("--recon-ckpt", "recon_ckpt", help="Deep3DFaceRecon epoch_20.pth (smoke: synthetic FR)", type=str)
 @click.option("--render-backend", "render_backend", type=click.Choice(["auto", "torch", "nvdiffrast"]))

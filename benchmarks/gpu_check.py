@@ -295,7 +295,7 @@ def check_phases(table: Table, device: torch.device, s: dict, paths: dict) -> di
 
     def r1() -> None:
         D.requires_grad_(True)
-        loss.accumulate_gradients("Dreg", real, None, None, 16, 0)
+        loss.accumulate_gradients("Dreg", real, None, None, None, 16, 0)
 
     def optimizers() -> None:
         opt_G.step()

@@ -71,6 +71,7 @@ class TrainConfig:
     enc_channel_base: int = 4096
     enc_channel_max: int = 256
     enc_feat_channels: int = 32            # channels of each injected feature map c_i
+    inject_init: str = "paper"             # injected-feature weight columns: paper (N(0,1)) | zero (G = SG2 at step 0)
     lambda_cons: float = 20.0              # eq. 5 weight of the consistency loss
     blend_kimg: float = 2000.0             # eq. 6: alpha rises linearly 0 -> 1 over this many kimg
     bfm: str | None = None                 # BFM_model_front.mat; None = the built-in synthetic face model
@@ -92,8 +93,10 @@ class TrainConfig:
         """Rebuild from to_dict() output; unknown keys are an error (they signal a typo or a version skew).
 
         A config written before designs existed has `cond: bool` instead of `design`; it reads as method / uncond.
+        One written before `inject_init` existed started its injected-feature columns at zero, and says so.
         """
         values = dict(values)
+        values.setdefault("inject_init", "zero")
         if "cond" in values:
             legacy = design_from_cond(bool(values.pop("cond")))
             if values.setdefault("design", legacy) != legacy:
@@ -173,6 +176,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"adam_impl must be auto, forloop, foreach or fused, not '{config.adam_impl}'")
     if config.fr_autocast not in ("off", "bf16", "fp16"):
         raise UserError(f"fr_autocast must be off, bf16 or fp16, not '{config.fr_autocast}'")
+    if config.inject_init not in ("paper", "zero"):
+        raise UserError(f"--inject-init must be paper or zero, not '{config.inject_init}'")
     if config.rep_cache_mb < 0:
         raise UserError(f"rep_cache_mb must be non-negative, not {config.rep_cache_mb}")
     if config.g_reg_interval is not None and config.g_reg_interval < 1:

@@ -12,11 +12,13 @@ import math
 import torch
 from torch import nn
 
+from deep3drecon.coeffs import NUM_COEFFS
 from torch_utils.errors import UserError
 from torch_utils.misc import fp16_blocks_active
 from torch_utils.ops import bias_act, modulated_conv, upfirdn2d
 from training.condition import Condition
-from training.designs import COND_KIND_NEEDS
+from training.conditioning import CoModEncoder
+from training.designs import COND_KINDS
 from training.encoder import RenderEncoder
 from training.layers import FullyConnectedLayer, block_resolutions, channels_at, fir_filter
 
@@ -34,7 +36,10 @@ class MappingNetwork(nn.Module):
     """z [N, z_dim] (any scale; normalised by its 2nd moment), cond -> ws [N, num_ws, w_dim], all rows equal.
 
     The method's mapping network ignores the condition (p enters through the synthesis network, eq. 7); it takes
-    one so that every design is called the same way, G.mapping(z, cond).
+    one so that every design is called the same way, G.mapping(z, cond). mapping_input (training.designs.CondKind)
+    says what else its first layer sees: "z" nothing; "embed" StyleGAN2-ADA's label path, normalise(embed(p)) with
+    embed a linear c_dim -> w_dim layer (lr multiplier 1), concatenated after normalise(z); "raw" DiscoFaceGAN's,
+    [z, p] without any normalisation (raw coefficient scales enter the first layer).
     """
 
     def __init__(
@@ -45,12 +50,19 @@ class MappingNetwork(nn.Module):
         num_layers: int = 2,
         lr_multiplier: float = 0.01,
         w_avg_beta: float = 0.995,
+        c_dim: int = 0,                 # length of p when the mapping sees it (257), else 0
+        mapping_input: str = "z",       # "z" | "embed" | "raw" (class docstring)
     ) -> None:
         super().__init__()
         self.z_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, w_dim, num_ws, num_layers
-        self.w_avg_beta = w_avg_beta
+        self.w_avg_beta, self.c_dim, self.mapping_input = w_avg_beta, c_dim, mapping_input
+        if (mapping_input == "z") != (c_dim == 0) or mapping_input not in ("z", "embed", "raw"):
+            raise UserError(f"mapping_input '{mapping_input}' with c_dim {c_dim}: z needs 0, embed/raw need p's length")
+        first_in = {"z": z_dim, "embed": z_dim + w_dim, "raw": z_dim + c_dim}[mapping_input]
+        if mapping_input == "embed":  # created first, as StyleGAN2-ADA's `mapping.embed`
+            self.embed = FullyConnectedLayer(c_dim, w_dim)
         for i in range(num_layers):
-            in_features = z_dim if i == 0 else w_dim
+            in_features = first_in if i == 0 else w_dim
             layer = FullyConnectedLayer(in_features, w_dim, activation="lrelu", lr_multiplier=lr_multiplier)
             setattr(self, f"fc{i}", layer)
         self.register_buffer("w_avg", torch.zeros([w_dim]))
@@ -63,8 +75,15 @@ class MappingNetwork(nn.Module):
         truncation_cutoff: int | None = None,
         update_emas: bool = False,
     ) -> torch.Tensor:
-        del cond  # the method's mapping does not see p
-        x = normalize_2nd_moment(z.to(self.w_avg.dtype))  # float32 unless the module was cast
+        dtype = self.w_avg.dtype  # float32 unless the module was cast
+        if self.mapping_input == "z":  # the method: p does not enter here
+            x = normalize_2nd_moment(z.to(dtype))
+        elif cond is None:
+            raise UserError("this mapping network takes p: pass a Condition")
+        elif self.mapping_input == "embed":  # StyleGAN2-ADA: both halves normalised by their 2nd moment
+            x = torch.cat([normalize_2nd_moment(z.to(dtype)), normalize_2nd_moment(self.embed(cond.p.to(dtype)))], 1)
+        else:  # "raw", DiscoFaceGAN: coefficient values and noise side by side, no normalisation
+            x = torch.cat([z.to(dtype), cond.p.to(dtype)], dim=1)
         for i in range(self.num_layers):
             x = getattr(self, f"fc{i}")(x)
         if update_emas:  # only the caller decides when w_avg moves (SG3 convention: the D-on-fakes pass)
@@ -76,7 +95,8 @@ class MappingNetwork(nn.Module):
         return ws
 
     def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, num_layers={self.num_layers}"
+        extra = f", c_dim={self.c_dim}, mapping_input={self.mapping_input}" if self.c_dim else ""
+        return f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, num_layers={self.num_layers}{extra}"
 
 
 class SynthesisLayer(nn.Module):
@@ -84,6 +104,8 @@ class SynthesisLayer(nn.Module):
 
     The 3DMM seam (paper eq. 7): feat (F = feat_channels auxiliary maps) is concatenated to the input before the
     modulated conv and its channels get style exactly 1, independent of w; demodulation runs over the whole weight.
+    feat_style "affine" is the method-modulated ablation: the feat channels get styles s(w) from an affine of their
+    own (`feat_affine`, bias 1 like every style), so d^2 l / dz dc is no longer zero (eq. 8 broken).
     """
 
     def __init__(
@@ -98,6 +120,8 @@ class SynthesisLayer(nn.Module):
         activation: str = "lrelu",       # bias_act activation after the conv
         conv_clamp: float | None = None,  # clamp pre-activations to +-conv_clamp (fp16 safety, StyleGAN2 paper256)
         feat_channels: int = 0,          # F injected 3DMM feature channels (eq. 7), style fixed to 1; 0 = baseline
+        feat_style: str = "one",         # "one" (eq. 7) | "affine" (ablation: the feat channels' style is s(w))
+        feat_init: str = "zero",         # injected-feature weight columns: "zero" | "paper" (N(0, 1) like the rest)
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.feat_channels = in_channels, out_channels, feat_channels
@@ -109,10 +133,20 @@ class SynthesisLayer(nn.Module):
         # Styles only for the w-driven channels: the injected channels have no affine at all (eq. 7, s_c = 1).
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         weight = torch.randn([out_channels, in_channels + feat_channels, kernel_size, kernel_size])
-        # Injected-feature columns start at zero: at step 0 the layer equals the plain StyleGAN2 layer (demodulation
-        # included), so a G initialised from unconditional weights reproduces their images for every rep.
-        weight[:, in_channels:] = 0
+        # "zero": the injected-feature columns start at zero, so at step 0 the layer equals the plain StyleGAN2 layer
+        # (demodulation included). "paper": N(0, 1) like every other column (the paper's init; TrainConfig's
+        # default for runs from scratch). Either way the same random numbers are drawn. --init-from sets the
+        # columns it cannot copy to zero itself (training.interop.init_from).
+        if feat_init not in ("zero", "paper"):
+            raise UserError(f"feat_init must be 'zero' or 'paper', not '{feat_init}'")
+        if feat_init == "zero":
+            weight[:, in_channels:] = 0
         self.weight = nn.Parameter(weight)
+        if feat_style not in ("one", "affine"):
+            raise UserError(f"feat_style must be 'one' or 'affine', not '{feat_style}'")
+        self.feat_style = feat_style
+        if feat_channels and feat_style == "affine":  # drawn after `weight`: the method's draws stay where they were
+            self.feat_affine = FullyConnectedLayer(w_dim, feat_channels, bias_init=1)
         if use_noise:
             self.register_buffer("noise_const", torch.randn([resolution, resolution]))
             self.noise_strength = nn.Parameter(torch.zeros([]))
@@ -135,7 +169,11 @@ class SynthesisLayer(nn.Module):
                 )
             # eq. 7: the injected features c enter here, concatenated to x, with style exactly 1.
             x = torch.cat([x, feat.to(x.dtype)], dim=1)  # [N, in + F, q, q]
-            styles = torch.cat([styles, styles.new_ones([styles.shape[0], self.feat_channels])], dim=1)  # [N, in + F]
+            if self.feat_style == "affine":  # method-modulated: s(w) on the injected channels too
+                feat_styles = self.feat_affine(w)
+            else:
+                feat_styles = styles.new_ones([styles.shape[0], self.feat_channels])
+            styles = torch.cat([styles, feat_styles], dim=1)  # [N, in + F]
         noise = None
         if self.use_noise and noise_mode == "random":  # one map shared by all channels, fresh per sample
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
@@ -186,12 +224,16 @@ class SynthesisBlock(nn.Module):
         use_fp16: bool = False,
         conv_clamp: float | None = None,
         feat_channels: int = 0,
+        feat_style: str = "one",
+        const_input: bool = True,        # False (3dfm): the first block's input comes from the caller, no const
+        feat_init: str = "zero",
     ) -> None:
         super().__init__()
         self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
         self.register_buffer("resample_filter", fir_filter())
-        layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, feat_channels=feat_channels)
-        if in_channels == 0:  # first block: learned constant input, a single conv
+        layer_kwargs = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, feat_channels=feat_channels,
+                            feat_style=feat_style, feat_init=feat_init)
+        if in_channels == 0 and const_input:  # first block: learned constant input, a single conv
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, **layer_kwargs)
@@ -217,7 +259,9 @@ class SynthesisBlock(nn.Module):
         if fused_modconv is None:
             fused_modconv = not self.training  # plain convs train faster; grouped conv is faster at inference
         w_iter = iter(ws.unbind(dim=1))
-        if self.in_channels == 0:
+        if self.in_channels == 0 and x is not None:  # 3dfm: the encoder's 4x4 tensor instead of the constant
+            x = x.to(dtype)
+        elif self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
         else:
             x = self.conv0(x.to(dtype), next(w_iter), feats[0], noise_mode=noise_mode, fused_modconv=fused_modconv)
@@ -248,6 +292,9 @@ class SynthesisNetwork(nn.Module):
         num_fp16_res: int = 4,
         conv_clamp: float | None = 256,
         encoder_kwargs: dict | None = None,
+        feat_style: str = "one",          # style of the injected channels: "one" (eq. 7) | "affine" (ablation)
+        comod: bool = False,              # 3dfm: CoModEncoder(rep) gives b4's input and multiplies every w
+        feat_init: str = "zero",          # injected-feature weight columns at init: "zero" | "paper" (SynthesisLayer)
     ) -> None:
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
@@ -255,6 +302,10 @@ class SynthesisNetwork(nn.Module):
         # E first: its weights draw from the RNG before the blocks', and its parameters come first (optimizer order).
         self.encoder = RenderEncoder(img_resolution=img_resolution, **encoder_kwargs) if encoder_kwargs else None
         feat_channels = self.encoder.feat_channels if self.encoder is not None else {}
+        self.comod = None
+        if comod:  # 3D-FM GAN (training.conditioning)
+            self.comod = CoModEncoder(img_resolution, w_dim, channels_at(4, channel_base, channel_max), channel_base,
+                                      channel_max)  # fmt: skip
         fp16_resolution = max(2 ** (int(math.log2(img_resolution)) + 1 - num_fp16_res), 8)
         self.layer_resolutions, self.feat_resolutions, self.feat_layer_channels = [], [], []
         self.num_ws = 0
@@ -264,6 +315,7 @@ class SynthesisNetwork(nn.Module):
             block = SynthesisBlock(
                 in_channels, out_channels, w_dim=w_dim, resolution=res, img_channels=img_channels,
                 use_fp16=(res >= fp16_resolution), conv_clamp=conv_clamp, feat_channels=feat_channels.get(res, 0),
+                feat_style=feat_style, const_input=not (comod and res == 4), feat_init=feat_init,
             )  # fmt: skip
             setattr(self, f"b{res}", block)
             self.num_ws += block.num_conv
@@ -308,6 +360,11 @@ class SynthesisNetwork(nn.Module):
         feats = self.injected_features(cond)  # E(rep(p)), or None (eq. 7's c, one map per conv layer)
         self.check_feats(feats, ws.shape[0])  # feats[i]: [N, feat_layer_channels[i], feat_resolutions[i] ** 2]
         x = img = None  # x: [N, C_r, r, r] features, img: [N, 3, r, r] running RGB (skip architecture)
+        if self.comod is not None:  # 3dfm: x4 replaces the constant input; ws_i <- scale * ws_i (co-modulation)
+            if cond is None:
+                raise UserError("this generator is 3DMM-conditional: pass a Condition (p and rep(p))")
+            x, scale = self.comod(cond.rep)
+            ws = ws * scale.unsqueeze(1).to(ws.dtype)
         w_idx = feat_idx = 0
         for res in self.block_resolutions:
             block = getattr(self, f"b{res}")
@@ -343,18 +400,21 @@ class Generator(nn.Module):
         super().__init__()
         self.z_dim, self.w_dim, self.img_resolution, self.img_channels = z_dim, w_dim, img_resolution, img_channels
         self.cond_kind = cond_kind or ("inject" if encoder_kwargs is not None else "none")
-        if self.cond_kind not in COND_KIND_NEEDS:
-            raise UserError(f"unknown cond_kind '{self.cond_kind}'; choose one of: {', '.join(COND_KIND_NEEDS)}")
-        if (self.cond_kind == "inject") != (encoder_kwargs is not None):
-            raise UserError(f"cond_kind '{self.cond_kind}' and encoder_kwargs disagree: 'inject' needs the encoder")
-        self.needs = COND_KIND_NEEDS[self.cond_kind]
+        if self.cond_kind not in COND_KINDS:
+            raise UserError(f"unknown cond_kind '{self.cond_kind}'; choose one of: {', '.join(COND_KINDS)}")
+        kind = COND_KINDS[self.cond_kind]  # the one table of how p enters (training.designs)
+        if kind.encoder != (encoder_kwargs is not None):
+            raise UserError(f"cond_kind '{self.cond_kind}' and encoder_kwargs disagree: only injection uses E")
+        self.needs = kind.needs
         synthesis_kwargs = dict(synthesis_kwargs or {})
         if "encoder_kwargs" in synthesis_kwargs:
             raise UserError("pass encoder_kwargs to the Generator, not inside synthesis_kwargs")
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, encoder_kwargs=encoder_kwargs,
-                                          **synthesis_kwargs)  # fmt: skip
+                                          feat_style=kind.feat_style, comod=kind.comod, **synthesis_kwargs)  # fmt: skip
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
+        c_dim = NUM_COEFFS if kind.mapping_input != "z" else 0
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, c_dim=c_dim, mapping_input=kind.mapping_input,
+                                      **(mapping_kwargs or {}))  # fmt: skip
 
     def forward(
         self,
@@ -370,7 +430,8 @@ class Generator(nn.Module):
             raise UserError("this generator is 3DMM-conditional: pass a Condition (p and rep(p))" if self.needs else
                             "this generator is unconditional (StyleGAN2): pass cond=None")
         ws = self.mapping(z, cond, truncation_psi, truncation_cutoff, update_emas=update_emas)  # [N, num_ws, w_dim]
-        # The condition enters each conv layer in SynthesisLayer.forward (above), concatenated with style 1 (eq. 7).
+        # The method's condition enters each conv layer in SynthesisLayer.forward (above), with style 1 (eq. 7);
+        # a mapping design's entered above, in the mapping network's input.
         return self.synthesis(ws, cond, noise_mode=noise_mode, force_fp32=force_fp32)  # [N, 3, R, R]
 
     @staticmethod

@@ -19,10 +19,11 @@ from torch_utils import distributed
 from torch_utils.training_stats import StatsCollector
 from training.condition import Condition, ConditionBank
 from training.config import TrainConfig
-from training.consistency import ConsistencyLoss
+from training.consistency import ConsistencyLoss, coeff_group_scales
 from training.dataset import ImageLabelDataset, make_loader
-from training.designs import get_design
+from training.designs import Design, get_design
 from training.discriminator import Discriminator
+from training.imitative import ImitativeLoss
 from training.interop.init_from import init_networks
 from training.loss import GANLoss
 from training.networks import Generator
@@ -85,10 +86,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         if dataset.label_dim != 257:
             raise ValueError(f"design {design.name} needs 257-d 3DMM labels, the dataset has {dataset.label_dim}-d")
         renderer = build_renderer(assets.bfm, config.render_backend, device)
-        if design.consistency and config.lambda_cons > 0:
-            reconstructor = build_reconstructor(assets.recon_ckpt, device, config.recon_backbone)
-            consistency = ConsistencyLoss(renderer, reconstructor, config.lambda_cons, config.blend_kimg,
-                                          config.fr_autocast, "inductor" if config.compile_fr else None)
+        consistency = _g_term(design, config, renderer, dataset.labels, assets.recon_ckpt, device)
         bank = ConditionBank(dataset.labels, renderer, R, device, config.rep_cache_mb)
         _log(rank, f"Renderer backend: {renderer.backend}; {bank.describe()}")
 
@@ -181,18 +179,20 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
 
         # Accumulate and step: one real batch shared by the phases, fresh z and p for every phase and round.
         wait_start = time.perf_counter()
-        batches = [next(loader)[0] for _ in range(num_rounds)]
+        batches = [next(loader) for _ in range(num_rounds)]
         reporter.add_loader_wait(time.perf_counter() - wait_start)  # time the step waited for data
-        reals = [images.to(device, non_blocking=True).float() / 127.5 - 1 for images in batches]
+        reals = [images.to(device, non_blocking=True).float() / 127.5 - 1 for images, _ in batches]
+        # The reals' own labels as Conditions (rep rendered only if read: only a D that sees p reads p).
+        real_conds = [bank.condition(labels.float()) if bank is not None else None for _, labels in batches]
         phases = [("Gmain", G, opt_G, 1), ("Dmain", D, opt_D, 1)]
         if config.gamma > 0 and batch_idx % config.d_reg_interval == 0:
             phases.append(("Dreg", D, opt_D, config.d_reg_interval))
         for phase, net, opt, gain in phases:
             opt.zero_grad(set_to_none=True)
             net.requires_grad_(True)
-            for real in reals:
+            for real, real_cond in zip(reals, real_conds):
                 z, cond = sample_conditions() if phase != "Dreg" else (None, None)
-                loss.accumulate_gradients(phase, real, z, cond, gain, cur_nimg)
+                loss.accumulate_gradients(phase, real, real_cond, z, cond, gain, cur_nimg)
             net.requires_grad_(False)
             guard.observe(distributed.average_gradients(net.parameters()), phase, batch_idx, cur_nimg)
             opt.step()
@@ -216,6 +216,22 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     reporter.close()
     _log(rank, "Exiting...")
     return {"cur_nimg": cur_nimg, "cur_tick": cur_tick, "batch_idx": batch_idx}
+
+
+def _g_term(design: Design, config: TrainConfig, renderer: torch.nn.Module, labels: np.ndarray,
+            recon_ckpt: str | None, device: torch.device) -> torch.nn.Module | None:
+    """The design's G-phase term (training.designs `g_term`, `blend`): consistency, its ablation, DFG's, 3D-FM's."""
+    if design.g_term is None or (design.consistency and config.lambda_cons == 0):
+        return None
+    if design.g_term == "3dfm":
+        return ImitativeLoss(renderer, None, style="3dfm")
+    reconstructor = build_reconstructor(recon_ckpt, device, config.recon_backbone)
+    if design.g_term == "dfg":
+        return ImitativeLoss(renderer, reconstructor)
+    scales = coeff_group_scales(labels).to(device) if design.g_term == "coeff" else None
+    return ConsistencyLoss(renderer, reconstructor, config.lambda_cons, config.blend_kimg if design.blend else 0.0,
+                           config.fr_autocast, "inductor" if config.compile_fr else None, space=design.g_term,
+                           group_scales=scales)  # fmt: skip
 
 
 def _restore_state(path: str, G, D, G_ema, opt_G, opt_D, rng: torch.Generator, device: torch.device,

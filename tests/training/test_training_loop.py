@@ -95,7 +95,7 @@ def worker(rank, init_file, out_file):
     reals = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     loss = GANLoss(None, D, StatsCollector())
     D.requires_grad_(True)
-    loss.accumulate_gradients("Dreg", reals[rank * 4:(rank + 1) * 4], None, None, 16, 0)
+    loss.accumulate_gradients("Dreg", reals[rank * 4:(rank + 1) * 4], None, None, None, 16, 0)
     distributed.average_gradients(D.parameters())
     if rank == 0:
         torch.save({n: p.grad for n, p in D.named_parameters()}, out_file)
@@ -127,7 +127,7 @@ def test_two_process_gradient_average_equals_single_process(tmp_path):
     D = Discriminator(img_resolution=8, channel_base=128, channel_max=16, num_fp16_res=0, mbstd_group_size=1)
     reals = torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     D.requires_grad_(True)
-    GANLoss(None, D, StatsCollector()).accumulate_gradients("Dreg", reals, None, None, 16, 0)
+    GANLoss(None, D, StatsCollector()).accumulate_gradients("Dreg", reals, None, None, None, 16, 0)
     for name, p in D.named_parameters():
         torch.testing.assert_close(ddp[name], p.grad, rtol=1e-5, atol=1e-7, msg=name)
 

@@ -163,10 +163,10 @@ def test_w_avg_update_count_per_iteration(in_g_pass, expected):
     w_before = G.mapping.w_avg.clone()
     with torch.no_grad():
         w_mean = G.mapping(z, None)[:, 0].mean(dim=0)  # what the Gmain pass will see (mapping is deterministic)
-    loss.accumulate_gradients("Gmain", real, z, None, gain=1.0, cur_nimg=0)
+    loss.accumulate_gradients("Gmain", real, None, z, None, gain=1.0, cur_nimg=0)
     expected_after_g = w_mean.lerp(w_before, G.mapping.w_avg_beta) if in_g_pass else w_before
     torch.testing.assert_close(G.mapping.w_avg, expected_after_g, rtol=0, atol=0)
-    loss.accumulate_gradients("Dmain", real, z, None, gain=1.0, cur_nimg=0)
+    loss.accumulate_gradients("Dmain", real, None, z, None, gain=1.0, cur_nimg=0)
     assert calls[0] == expected
 
 
@@ -193,7 +193,7 @@ def test_rep_of_p_is_rendered_once_per_g_step_and_reuse_is_exact(renderer):
     assert counting.calls == 0  # nothing rendered until the G step reads rep(p)
     z, real = torch.randn(4, 8), torch.rand(4, 3, R, R) * 2 - 1
     G.requires_grad_(True)
-    loss.accumulate_gradients("Gmain", real, z, cond, gain=1.0, cur_nimg=4)
+    loss.accumulate_gradients("Gmain", real, None, z, cond, gain=1.0, cur_nimg=4)
     assert counting.calls == 2  # rep(p) once (shared by E and the target), rep(FR(x)) once
     # Reusing the condition's rep(p) gives exactly what re-rendering p inside the loss would give.
     fake = torch.rand(4, 3, R, R) * 2 - 1
