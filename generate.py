@@ -133,6 +133,7 @@ def resample_p(opts: Options, seeds: list[int], p_seeds: list[int]) -> None:
 @click.option("--recon-ckpt", help="FR checkpoint (epoch_20.pth layout) [default: the snapshot's]")
 def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int], recon_ckpt: str | None) -> None:
     """Generated identities (rows) with the expression, lighting and angles of real photos (columns) via FR (fig. 6)."""
+    from generation import real_edit
     from training.resolve import build_reconstructor, resolve_assets
 
     if not os.path.isdir(images_dir):
@@ -142,8 +143,8 @@ def reference(opts: Options, images_dir: str, landmarks: bool, seeds: list[int],
     ckpt = resolve_assets(s.config, recon_ckpt=recon_ckpt, need_data=False, need_face=False, need_fr=True,
                           progress=opts.verbose, log=lambda msg: echo(opts, msg)).recon_ckpt  # fmt: skip
     fr = build_reconstructor(ckpt, s.device, s.config.get("recon_backbone"))
-    names, ref_images = cg.load_reference_images(images_dir, s.G.img_resolution, landmarks, lambda m: echo(opts, m),
-                                                 opts.outdir)  # fmt: skip
+    names, ref_images = real_edit.load_reference_images(images_dir, s.G.img_resolution, landmarks,
+                                                        lambda m: echo(opts, m), opts.outdir)  # fmt: skip
     echo(opts, f"{len(names)} reference photos from {images_dir}; FR {ckpt}")
     check_grid(s, (len(seeds) + 1) * (len(names) + 1))
     ref_p = cg.reconstruct(fr, ref_images, s.device, opts.batch)

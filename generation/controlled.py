@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import PIL.Image
 import torch
 
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
@@ -31,7 +30,6 @@ from torch_utils.misc import quantize_uint8
 from torch_utils.outputs import output_file, refuse_existing, save_image
 from torch_utils.progress import progress
 from training.condition import Condition
-from training.dataset import IMAGE_EXTENSIONS
 from training.dataset_checks import check_coeffs
 from training.rep import make_rep, rep_render
 from training.run.grids import enlarge
@@ -179,49 +177,6 @@ def load_p_bank(path: str) -> torch.Tensor:
     if bank.ndim != 2 or bank.shape[0] < 1 or bank.shape[1] != NUM_COEFFS:
         raise UserError(f"{path}: expected 3DMM coefficients [M, {NUM_COEFFS}], got shape {list(bank.shape)}")
     return torch.from_numpy(check_coeffs(bank, f"p bank {path}"))  # finite, each group in the labels' range
-
-
-def load_reference_images(folder: str, size: int, landmarks: bool = False, log=None,
-                          landmarks_outdir: str | None = None) -> tuple[list[str], torch.Tensor]:  # fmt: skip
-    """Photos in folder (sorted) -> (stems, images [C, 3, size, size] float32 in [-1, 1], row 0 = top).
-
-    Without landmarks every image must already be an aligned square crop (any size; the crop framing is
-    resolution independent, so it is resized). With landmarks, `<stem>.txt` beside the photo or in
-    `detections/` (Deep3DFaceRecon's layout: 5 or 68 rows 'x y', y-down pixels) drives deep3drecon.align; a photo
-    with neither is run through the face detector (deep3drecon.landmarks) and its points are written to
-    <landmarks_outdir or folder>/<stem>_landmarks.txt; `log(message)` reports each detection.
-    """
-    from deep3drecon.align import align_face
-    from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
-    from deep3drecon.photo import read_photo
-
-    detector: list = []
-    get_detector = lambda: detector[0] if detector else (detector.append(load_face_detector()) or detector[0])
-
-    if not os.path.isdir(folder):
-        raise UserError(f"reference image folder not found: {folder}")
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-        raise UserError(f"{folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
-    stems, images = [], []
-    for name in files:
-        stem = os.path.splitext(name)[0]
-        image = read_photo(os.path.join(folder, name), name)  # upright RGB, pixel budget, one line if unreadable
-        if landmarks:
-            candidates = [os.path.join(folder, f"{stem}{suffix}.txt") for suffix in ("", "_landmarks")]
-            candidates.append(os.path.join(folder, "detections", f"{stem}.txt"))
-            lm, note = find_or_detect_landmarks(os.path.join(folder, name), image, get_detector,
-                                                landmarks_outdir, candidates)  # fmt: skip
-            if log is not None and note.startswith("detected"):
-                log(f"{name}: {note}")
-            image = align_face(image, lm, size=size).image
-        elif image.width != image.height:
-            raise UserError(f"{name} is {image.width}x{image.height}: pass aligned square crops or use --landmarks")
-        if image.size != (size, size):
-            image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
-        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1))
-        stems.append(stem)
-    return stems, torch.stack(images)
 
 
 # ------------------------------------------------------------------------------------------------------------------

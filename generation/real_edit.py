@@ -17,15 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.Image
 import torch
 
 from deep3drecon.coeffs import ATTRIBUTE_GROUPS, COEFF_SLICES, NUM_COEFFS
 from deep3drecon.face_model import INIT_LIT
-from deep3drecon.photo import read_photo  # noqa: F401 (the one photo reader; studio_state imports it from here)
+from deep3drecon.photo import read_photo  # the one photo reader (studio_state imports it from here too)
 from generation.controlled import to_uint8
 from generation.inversion import Latent, photo_condition, synthesize
 from torch_utils.errors import UserError
 from torch_utils.outputs import refuse_existing, save_image
+from training.dataset import IMAGE_EXTENSIONS
 from training.run.grids import enlarge
 
 DEFAULT_YAWS = (-30.0, -15.0, 15.0, 30.0)
@@ -284,3 +286,45 @@ def build_edits(p: torch.Tensor, attr: str, *, yaw: str | None = None, pitch: st
             raise UserError("--attr id needs --from-image, --seeds or --scale")
         rows.append(scale_edits(p, attr, parse_floats(scale, "--scale") if scale else list(DEFAULT_EXP_SCALES)))
     return torch.cat([r[0] for r in rows]), [label for r in rows for label in r[1]]
+
+
+def load_reference_images(folder: str, size: int, landmarks: bool = False, log=None,
+                          landmarks_outdir: str | None = None) -> tuple[list[str], torch.Tensor]:  # fmt: skip
+    """Photos in folder (sorted) -> (stems, images [C, 3, size, size] float32 in [-1, 1], row 0 = top).
+
+    Without landmarks every image must already be an aligned square crop (any size; the crop framing is
+    resolution independent, so it is resized). With landmarks, `<stem>.txt` beside the photo or in
+    `detections/` (Deep3DFaceRecon's layout: 5 or 68 rows 'x y', y-down pixels) drives deep3drecon.align; a photo
+    with neither is run through the face detector (deep3drecon.landmarks) and its points are written to
+    <landmarks_outdir or folder>/<stem>_landmarks.txt; `log(message)` reports each detection.
+    """
+    from deep3drecon.align import align_face
+    from deep3drecon.landmarks import find_or_detect_landmarks, load_face_detector
+
+    detector: list = []
+    get_detector = lambda: detector[0] if detector else (detector.append(load_face_detector()) or detector[0])
+
+    if not os.path.isdir(folder):
+        raise UserError(f"reference image folder not found: {folder}")
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise UserError(f"{folder} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+    stems, images = [], []
+    for name in files:
+        stem = os.path.splitext(name)[0]
+        image = read_photo(os.path.join(folder, name), name)  # upright RGB, pixel budget, one line if unreadable
+        if landmarks:
+            candidates = [os.path.join(folder, f"{stem}{suffix}.txt") for suffix in ("", "_landmarks")]
+            candidates.append(os.path.join(folder, "detections", f"{stem}.txt"))
+            lm, note = find_or_detect_landmarks(os.path.join(folder, name), image, get_detector,
+                                                landmarks_outdir, candidates)  # fmt: skip
+            if log is not None and note.startswith("detected"):
+                log(f"{name}: {note}")
+            image = align_face(image, lm, size=size).image
+        elif image.width != image.height:
+            raise UserError(f"{name} is {image.width}x{image.height}: pass aligned square crops or use --landmarks")
+        if image.size != (size, size):
+            image = image.resize((size, size), PIL.Image.Resampling.BICUBIC)
+        images.append(torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1))
+        stems.append(stem)
+    return stems, torch.stack(images)
