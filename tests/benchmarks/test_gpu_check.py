@@ -48,7 +48,9 @@ def test_quick_cpu_check_prints_every_row(tmp_path):
     assert len(rows) == len(body)
     # Without CUDA the fused rows say so instead of a number; every measured row carries a number.
     assert rows[("ops", "bias_act lrelu+clamp max error")] == "n/a (no CUDA)"
-    for key in [("training", "paper256 --cond sec/kimg"), ("training", "speed tax --cond / --no-cond"),
+    assert "FAILED" not in items, [line for line in body if "FAILED" in line]  # a failing section becomes a row
+    for key in [("training", "paper256 method sec/kimg"), ("training", "speed tax method / uncond"),
                 ("phases", "R1 (D double backward)"), ("metrics", "fid: generated images/s")]:  # fmt: skip
         assert float(rows[key].split()[0].rstrip("x")) > 0, (key, rows[key])
     assert os.path.isfile(tmp_path / "check.log")  # the training loop's own log, kept out of the table
+    assert (tmp_path / "check.md").read_text().splitlines() == lines  # rewritten after every row, complete at the end
