@@ -1,0 +1,382 @@
+"""The tax of conditioning: every design trained at matched batch and kimg, its quality compared with uncond's.
+
+    python -m experiments.tax --outdir tax-runs --design uncond,method --seeds 0,1,2 --kimg 2   # built-in world
+
+For each (design, seed) it runs train.py (one subprocess; the run lives under <outdir>/runs/<design>-seed<seed>/,
+a numbered train.py run directory), then calc_metrics.py on every network snapshot of the run (so the quality
+curve against kimg exists): the quality metrics (default swd2k, rkid2k; plus --fid when --inception is given)
+for all designs, cons1k and ds100 for conditional ones. Results go to the run's metric-<name>.jsonl, one line per
+snapshot: that is the cache. It then writes into --outdir
+  tax.md, tax.json   one row per design: mean +- sd over seeds (sd with ddof=1, 0 for one seed) of every metric
+                     of the final snapshot, the tax metric(design) - metric(uncond) with the sd of the difference
+                     of the two means, sqrt(sd_d^2/n_d + sd_u^2/n_u), and s/kimg (the runs' stats.jsonl)
+  tax.png            quality against consistency per design (error bars: sd over seeds), and quality against kimg
+These three are the command's own results: they are rewritten each time it is called, as the experiment grows.
+Everything else (run directories, the preset it writes) follows torch_utils/outputs.py: nothing is replaced.
+
+Calling it again continues: finished runs (final snapshot present, every metric recorded) are skipped, a run
+stopped after a training state is resumed (train.py --resume <run dir>), recorded metrics are not recomputed.
+--print-commands prints the train.py / calc_metrics.py commands still to run (for a cluster) and runs nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import click
+
+from torch_utils.errors import Command, UserError
+from torch_utils.outputs import output_file
+from training.designs import DESIGNS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = "uncond"
+COND_METRICS = ("cons1k", "ds100")
+RESULT_FILES = ("tax.md", "tax.json", "tax.png")
+
+
+def parse_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what} is empty; give a comma-separated list")
+    if len(set(items)) != len(items):
+        raise UserError(f"--{what} {text} repeats an entry; give each once")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    items = parse_list(text, "seeds")
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise UserError(f"--seeds {text} is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
+def metrics_for(design: str, quality: list[str]) -> list[str]:
+    """Quality metrics for every design, the 3DMM ones for conditional designs."""
+    return quality + (list(COND_METRICS) if DESIGNS[design].conditional else [])
+
+
+def write_preset(outdir: str, cfg: str, world_count: int | None, data: str | None) -> str:
+    """The preset every run trains with: cfg, with the built-in world made world_count images. Returns its path.
+
+    Written once; a second call with other settings is refused (its runs would not match the first's)."""
+    path = cfg if cfg.endswith(".json") else os.path.join(ROOT, "configs", f"{cfg}.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--cfg {cfg}: no such preset or JSON file")
+    preset = json.load(open(path, encoding="utf-8"))
+    if data is None and "builtin_data" not in preset:
+        raise UserError(f"--cfg {cfg} has no built-in data: pass --data")
+    if data is None and world_count is not None:
+        preset["builtin_data"] = dict(preset["builtin_data"], count=world_count)
+    name = f"tax-{os.path.splitext(os.path.basename(path))[0]}.json"
+    out = os.path.join(outdir, name)
+    text = json.dumps(preset, indent=2, sort_keys=True) + "\n"
+    if os.path.isfile(out):
+        if open(out, encoding="utf-8").read() != text:
+            raise UserError(f"{out} was written with other --cfg/--world-count; use those or another --outdir")
+        return out
+    os.makedirs(outdir, exist_ok=True)
+    with output_file(out, overwrite=False) as f:
+        f.write(text.encode())
+    return out
+
+
+class Run:
+    """One (design, seed): where train.py puts it and what it has done so far."""
+
+    def __init__(self, outdir: str, design: str, seed: int, kimg: float, metrics: list[str]) -> None:
+        self.design, self.seed, self.kimg, self.metrics = design, seed, kimg, metrics
+        self.parent = os.path.join(outdir, "runs", f"{design}-seed{seed}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.design} seed {self.seed}"
+
+    def run_dir(self) -> str | None:
+        """The newest numbered run directory with a training state (what --resume continues), else None."""
+        dirs = sorted(d for d in glob.glob(os.path.join(self.parent, "[0-9]*-*")) if os.path.isdir(d))
+        with_state = [d for d in dirs if glob.glob(os.path.join(d, "training-state-*.pt"))]
+        return with_state[-1] if with_state else None
+
+    def snapshots(self) -> list[str]:
+        from training.run.snapshot import snapshot_nimg
+
+        run_dir = self.run_dir()
+        found = glob.glob(os.path.join(run_dir, "network-snapshot-*.pt")) if run_dir else []
+        return sorted(found, key=snapshot_nimg)
+
+    def trained(self) -> bool:
+        from training.run.snapshot import snapshot_nimg
+
+        snaps = self.snapshots()
+        return bool(snaps) and snapshot_nimg(snaps[-1]) >= round(self.kimg * 1000)
+
+    def recorded(self) -> dict[str, dict[str, dict]]:
+        """{snapshot file name: {metric: results}} from the run's metric-<name>.jsonl (the last line wins; lines
+        written before the snapshot file are left out)."""
+        run_dir, out = self.run_dir(), {}
+        for metric in self.metrics:
+            path = os.path.join(run_dir or "", f"metric-{metric}.jsonl")
+            if run_dir and os.path.isfile(path):
+                for line in open(path, encoding="utf-8"):
+                    record = json.loads(line) if line.strip() else {}
+                    snap = os.path.join(run_dir, str(record.get("snapshot")))
+                    # a record older than its snapshot is of an earlier file of that name (a retrained snapshot)
+                    if record and (not os.path.isfile(snap) or record["timestamp"] >= os.path.getmtime(snap)):
+                        out.setdefault(record["snapshot"], {})[metric] = record["results"]
+        return out
+
+    def missing_metrics(self) -> dict[str, list[str]]:
+        """{snapshot path: metrics not yet recorded for it}."""
+        recorded = self.recorded()
+        out = {}
+        for snap in self.snapshots():
+            todo = [m for m in self.metrics if m not in recorded.get(os.path.basename(snap), {})]
+            if todo:
+                out[snap] = todo
+        return out
+
+    def finished(self) -> bool:
+        return self.trained() and not self.missing_metrics()
+
+    def sec_per_kimg(self) -> float | None:
+        """Mean Timing/sec_per_kimg over the ticks after the first (which holds the start-up), else over all."""
+        run_dir = self.run_dir()
+        path = os.path.join(run_dir or "", "stats.jsonl")
+        if not run_dir or not os.path.isfile(path):
+            return None
+        values = [json.loads(line).get("Timing/sec_per_kimg", {}).get("mean") for line in open(path) if line.strip()]
+        values = [v for v in values if v is not None]
+        values = values[1:] or values
+        return sum(values) / len(values) if values else None
+
+
+def train_command(run: Run, preset: str, opts: dict) -> list[str]:
+    cmd = [sys.executable, os.path.join(ROOT, "train.py")]
+    run_dir = run.run_dir()
+    if run_dir is not None:  # stopped after a training state: continue it
+        return cmd + ["--resume", run_dir, "--kimg", f"{run.kimg:g}"]
+    cmd += ["--cfg", preset, "--outdir", run.parent, "--design", run.design, "--seed", str(run.seed),
+            "--kimg", f"{run.kimg:g}", "--gpus", str(opts["gpus"])]  # fmt: skip
+    for flag in ("data", "bfm", "recon_ckpt", "device", "batch", "snap"):
+        if opts.get(flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(opts[flag])]
+    return cmd
+
+
+def metric_command(snapshot: str, metrics: list[str], opts: dict) -> list[str]:
+    cmd = [sys.executable, os.path.join(ROOT, "calc_metrics.py"), "--network", snapshot, "--metrics", ",".join(metrics),
+           "--gpus", str(opts["gpus"]), "--workers", str(opts["metric_workers"]), "--quiet"]  # fmt: skip
+    for flag in ("inception", "recon_ckpt", "bfm"):
+        if opts.get(flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(opts[flag])]
+    return cmd
+
+
+def run_checked(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, cwd=ROOT)
+    if result.returncode != 0:
+        raise UserError(f"{what} failed (exit {result.returncode}); see its output above; rerun to continue: "
+                        f"{shlex.join(cmd)}")  # fmt: skip
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def final_results(run: Run) -> dict[str, float]:
+    """Every numeric result key of the run's final snapshot, over all its metrics."""
+    snaps = run.snapshots()
+    recorded = run.recorded().get(os.path.basename(snaps[-1]), {}) if snaps else {}
+    return {k: float(v) for m in run.metrics for k, v in recorded.get(m, {}).items() if isinstance(v, (int, float))}
+
+
+def shown(key: str) -> bool:
+    """Keys in tax.md (tax.json keeps all): not the real-vs-real floors nor ds's sigma matrix entries."""
+    return "floor" not in key and not key.startswith("sigma_")
+
+
+def quality_key(quality: list[str], runs: list[Run]) -> str:
+    """The curve's metric: the first quality metric's own key (swd2k's 'swd2k', ...), else its first key."""
+    for run in runs:
+        for results in run.recorded().values():
+            if quality[0] in results:
+                keys = [k for k in results[quality[0]] if shown(k)]
+                return next((k for k in keys if k == quality[0] or k.endswith("_avg")), keys[0])
+    return quality[0]
+
+
+def summarize(runs: list[Run], designs: list[str], quality: list[str]) -> dict:
+    """tax.json's content (see the module docstring) from the runs' recorded metrics and stats."""
+    from training.run.snapshot import snapshot_nimg
+
+    qkey = quality_key(quality, runs)
+    per_run = [{"design": r.design, "seed": r.seed, "run_dir": r.run_dir(), "kimg": r.kimg,
+                "final_snapshot": os.path.basename(r.snapshots()[-1]) if r.snapshots() else None,
+                "metrics": final_results(r), "sec_per_kimg": r.sec_per_kimg()} for r in runs]  # fmt: skip
+    rows = {}
+    for design in designs:
+        mine = [p for p in per_run if p["design"] == design and p["metrics"]]
+        keys = list(dict.fromkeys(k for p in mine for k in p["metrics"]))
+        stats = {k: dict(zip(("mean", "sd", "n"), (*mean_sd([p["metrics"][k] for p in mine if k in p["metrics"]]),
+                                                   sum(k in p["metrics"] for p in mine)))) for k in keys}  # fmt: skip
+        speed = [p["sec_per_kimg"] for p in per_run if p["design"] == design and p["sec_per_kimg"] is not None]
+        rows[design] = {"n": len(mine), "metrics": stats,
+                        "sec_per_kimg": dict(zip(("mean", "sd"), mean_sd(speed))) if speed else None}  # fmt: skip
+    base = rows.get(BASELINE, {"metrics": {}})["metrics"]
+    for row in rows.values():
+        row["tax"] = {k: {"value": s["mean"] - base[k]["mean"],
+                          "sd": math.sqrt(s["sd"] ** 2 / s["n"] + base[k]["sd"] ** 2 / base[k]["n"])}
+                      for k, s in row["metrics"].items() if k in base}  # fmt: skip
+    curves: dict[str, dict[str, list]] = {}
+    for r in runs:
+        recorded = r.recorded()
+        points = [[snapshot_nimg(s) / 1000, recorded[os.path.basename(s)][quality[0]][qkey]] for s in r.snapshots()
+                  if qkey in recorded.get(os.path.basename(s), {}).get(quality[0], {})]  # fmt: skip
+        curves.setdefault(r.design, {})[str(r.seed)] = points
+    return {"baseline": BASELINE, "quality_key": qkey, "quality_metrics": quality,
+            "sd": "sd over seeds (ddof=1, 0 for one seed); tax sd = sqrt(sd_d^2/n_d + sd_u^2/n_u), the sd of the "
+                  "difference of the two means",  # fmt: skip
+            "designs": rows, "runs": per_run, "curves": curves}
+
+
+def _pm(stat: dict | None, digits: int = 4) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean' if 'mean' in stat else 'value']:.{digits}g} +- {stat['sd']:.2g}"
+
+
+def format_markdown(summary: dict) -> str:
+    """tax.md: one row per design; metric columns (mean +- sd), tax columns, s/kimg."""
+    rows = summary["designs"]
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row["metrics"] if shown(k)))
+    tax_keys = list(dict.fromkeys(k for row in rows.values() for k in row["tax"] if shown(k)))
+    head = ["design", "n"] + keys + [f"tax {k}" for k in tax_keys] + ["s/kimg"]
+    lines = ["# Tax of conditioning", "",
+             f"Final snapshot of each run; mean +- sd over seeds. Tax = metric(design) - metric({summary['baseline']})"
+             " +- sqrt(sd_d^2/n_d + sd_u^2/n_u) (the sd of the difference of the two means). "
+             "Floors and ds sigma entries: tax.json. This file is rewritten by every call of "
+             "`python -m experiments.tax`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for design, row in rows.items():
+        cells = [design, str(row["n"])] + [_pm(row["metrics"].get(k)) for k in keys]
+        cells += [_pm(row["tax"].get(k)) for k in tax_keys] + [_pm(row["sec_per_kimg"], 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(outdir: str, summary: dict) -> None:
+    """tax.json, tax.md, tax.png: the command's own results, replaced on every call (module docstring)."""
+    from experiments.tax_plot import draw_tax_png
+
+    with output_file(os.path.join(outdir, "tax.json"), overwrite=True) as f:
+        f.write((json.dumps(summary, indent=2) + "\n").encode())
+    with output_file(os.path.join(outdir, "tax.md"), overwrite=True) as f:
+        f.write(format_markdown(summary).encode())
+    with output_file(os.path.join(outdir, "tax.png"), overwrite=True) as f:
+        draw_tax_png(summary).save(f, format="PNG")
+
+
+def _eta(started: float, done: int, total: int) -> str:
+    if done == 0:
+        return "ETA unknown"
+    left = (time.time() - started) / done * (total - done)
+    return f"ETA {int(left // 3600)}h{int(left % 3600 // 60):02d}m{int(left % 60):02d}s"
+
+
+def run_experiment(opts: dict) -> dict | None:
+    """Validates, trains and evaluates what is missing (or prints it), writes the results. Returns tax.json's dict."""
+    designs = parse_list(opts["design"], "design")
+    unknown = [d for d in designs if d not in DESIGNS]
+    if unknown:
+        raise UserError(f"unknown design(s) {', '.join(unknown)}; choose from: {', '.join(DESIGNS)}")
+    if BASELINE not in designs:
+        raise UserError(f"the tax is measured against {BASELINE}: add it to --design (e.g. {BASELINE},method)")
+    seeds = parse_seeds(opts["seeds"])
+    if not opts["kimg"] > 0:
+        raise UserError(f"--kimg must be > 0, got {opts['kimg']:g}")
+    quality = parse_list(opts["quality"], "quality")
+    if opts.get("inception"):
+        quality.append(opts["fid"])
+    from metrics.registry import check_metric_names, get_metric
+
+    check_metric_names(quality + list(COND_METRICS))
+    bad = [m for m in quality if get_metric(m).needs_reconstructor]
+    if bad:
+        raise UserError(f"--quality {','.join(bad)} is a 3DMM metric, not image quality; e.g. swd2k,rkid2k")
+    if any(get_metric(m).needs_inception for m in quality) and not opts.get("inception"):
+        raise UserError(f"--quality {','.join(quality)} needs Inception weights: pass --inception, or use swd2k")
+    if opts["world_count"] is not None and opts["world_count"] < 1:
+        raise UserError(f"--world-count must be >= 1, got {opts['world_count']}")
+
+    outdir = opts["outdir"]
+    preset = write_preset(outdir, opts["cfg"], opts["world_count"], opts.get("data"))
+    runs = [Run(outdir, d, s, opts["kimg"], metrics_for(d, quality)) for d in designs for s in seeds]
+    if opts["print_commands"]:
+        for run in runs:
+            if not run.trained():
+                print(shlex.join(train_command(run, preset, opts)))
+            for snap, todo in run.missing_metrics().items():
+                print(shlex.join(metric_command(snap, todo, opts)))
+        print(f"# then, for every network-snapshot-*.pt of {os.path.join(outdir, 'runs', '*')}: "
+              f"{shlex.join(metric_command('SNAPSHOT', quality, opts))} (+ {','.join(COND_METRICS)} for conditional "
+              "designs); and python -m experiments.tax with the same options to write the results")  # fmt: skip
+        return None
+
+    started, done, todo = time.time(), 0, [r for r in runs if not r.finished()]
+    print(f"Tax: {len(runs)} run(s), {len(runs) - len(todo)} already finished, {len(todo)} to do", flush=True)
+    for i, run in enumerate(todo, 1):
+        print(f"[run {i}/{len(todo)}] {run.label}: start ({_eta(started, done, len(todo))})", flush=True)
+        if not run.trained():
+            run_checked(train_command(run, preset, opts), f"training {run.label}")
+        for snap, metrics in run.missing_metrics().items():
+            run_checked(metric_command(snap, metrics, opts), f"metrics of {snap}")
+        done += 1
+        print(f"[run {i}/{len(todo)}] {run.label}: done in {run.run_dir()} ({_eta(started, done, len(todo))})",
+              flush=True)  # fmt: skip
+        write_results(outdir, summarize(runs, designs, quality))  # the table grows as runs finish
+    summary = summarize(runs, designs, quality)
+    write_results(outdir, summary)
+    print(f"Wrote {', '.join(os.path.join(outdir, f) for f in RESULT_FILES)}", flush=True)
+    return summary
+
+
+@click.command(cls=Command)
+@click.option("--outdir", required=True, help="Experiment folder: runs/, tax.md, tax.json, tax.png")
+@click.option("--design", default="uncond,method", show_default=True, help="Comma-separated designs (with uncond)")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds")
+@click.option("--kimg", default=2.0, show_default=True, type=float, help="Training length of every run")
+@click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs per run")
+@click.option("--cfg", default="smoke", show_default=True, help="Preset name or JSON file (same for every run)")
+@click.option("--world-count", default=4096, show_default=True, type=int,
+              help="Images of the built-in world (ignored with --data)")  # fmt: skip
+@click.option("--data", type=click.Path(exists=True), help="Dataset zip/folder instead of the built-in world")
+@click.option("--bfm", type=click.Path(exists=True, dir_okay=False), help="BFM_model_front.mat [preset's]")
+@click.option("--recon-ckpt", type=click.Path(exists=True, dir_okay=False), help="FR checkpoint [preset's]")
+@click.option("--batch", type=click.IntRange(min=1), help="Total batch of every run [preset]")
+@click.option("--snap", type=click.IntRange(min=1), help="Snapshot every this many ticks (each one evaluated) [preset]")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="train.py --device [preset]")
+@click.option("--quality", default="swd2k,rkid2k", show_default=True, help="Quality metrics, the first one plotted")
+@click.option("--inception", type=click.Path(exists=True, dir_okay=False), help="Inception weights: adds --fid")
+@click.option("--fid", default="fid50k_full", show_default=True, help="FID metric used with --inception")
+@click.option("--metric-workers", default=3, show_default=True, type=click.IntRange(min=0), help="Loader workers")
+@click.option("--print-commands", is_flag=True, help="Print the commands still to run; run nothing")
+def main(**opts) -> None:
+    """Train every (design, seed) at matched batch and kimg, evaluate every snapshot, write the tax table."""
+    if opts["data"] is not None:
+        opts["world_count"] = None
+    run_experiment(opts)
+
+
+if __name__ == "__main__":
+    main()
