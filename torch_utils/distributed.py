@@ -95,10 +95,12 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
         return torch.zeros([], dtype=torch.int64)
     device = next((p.grad.device for p in params if p.grad is not None), params[0].device)
     distributed = is_initialized() and get_world_size() > 1
-    present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
-    if distributed:
-        dist.all_reduce(present)  # ranks that computed each gradient (collective-safe: same length everywhere)
-    params = [p for p, n in zip(params, present.tolist()) if n > 0]
+    if distributed:  # ranks that computed each gradient (collective-safe: the same length on every rank)
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=device)
+        dist.all_reduce(present)
+        params = [p for p, n in zip(params, present.tolist()) if n > 0]
+    else:  # one process: no device tensor, no host sync
+        params = [p for p in params if p.grad is not None]
     if not params:
         return torch.zeros([], dtype=torch.int64, device=device)
     flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel(), device=device)

@@ -81,12 +81,12 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         fast_paths.apply_channels_last(G, D, G_ema)
 
     # The 3DMM side: the bank of conditions p with rep(p) (eq. 3) and the frozen FR of the consistency loss (eq. 5).
-    bank = consistency = None
+    bank = g_term = None  # g_term: the design's G-phase term (consistency, DFG's or 3D-FM's losses)
     if design.conditional:
         if dataset.label_dim != 257:
             raise ValueError(f"design {design.name} needs 257-d 3DMM labels, the dataset has {dataset.label_dim}-d")
         renderer = build_renderer(assets.bfm, config.render_backend, device)
-        consistency = _g_term(design, config, renderer, dataset.labels, assets.recon_ckpt, device)
+        g_term = _g_term(design, config, renderer, dataset.labels, assets.recon_ckpt, device)
         bank = ConditionBank(dataset.labels, renderer, R, device, config.rep_cache_mb)
         _log(rank, f"Renderer backend: {renderer.backend}; {bank.describe()}")
 
@@ -111,7 +111,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
     # Loss, data order, and the statistics every rank reports.
     stats = StatsCollector(device)
     loss = GANLoss(G, D, stats, r1_gamma=config.gamma, style_mixing_prob=config.style_mixing_prob,
-                   consistency=consistency, w_avg_in_g_pass=config.w_avg_in_g_pass)
+                   consistency=g_term, w_avg_in_g_pass=config.w_avg_in_g_pass)
     loader = make_loader(dataset, batch_gpu, rank, world_size, config.seed, start=cur_nimg // world_size,
                          workers=config.workers, pin_memory=device.type == "cuda")  # fmt: skip
 
@@ -164,7 +164,7 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
                 _save_snapshot(run_dir, kimg_tag, G, D, G_ema, opt_G, opt_D, G_kwargs, D_kwargs, config,
                                counters=(cur_nimg, cur_tick, batch_idx), rng=rng, rank=rank, world_size=world_size)
                 if snapshot_hook is not None:
-                    fr = consistency.reconstructor if consistency is not None else None
+                    fr = g_term.reconstructor if g_term is not None else None
                     snapshot_hook(G_ema, f"network-snapshot-{kimg_tag}.pt", bank, fr)  # collective
                 distributed.barrier()
             cur_tick += 1
@@ -182,8 +182,8 @@ def training_loop(config: TrainConfig, run_dir: str, device: torch.device, datas
         batches = [next(loader) for _ in range(num_rounds)]
         reporter.add_loader_wait(time.perf_counter() - wait_start)  # time the step waited for data
         reals = [images.to(device, non_blocking=True).float() / 127.5 - 1 for images, _ in batches]
-        # The reals' own labels as Conditions (rep rendered only if read: only a D that sees p reads p).
-        real_conds = [bank.condition(labels.float()) if bank is not None else None for _, labels in batches]
+        # The reals' own labels as Conditions, only for a D that sees p (no host -> device copy of labels otherwise).
+        real_conds = [bank.condition(labels.float()) if design.d_cond else None for _, labels in batches]
         phases = [("Gmain", G, opt_G, 1), ("Dmain", D, opt_D, 1)]
         if config.gamma > 0 and batch_idx % config.d_reg_interval == 0:
             phases.append(("Dreg", D, opt_D, config.d_reg_interval))
