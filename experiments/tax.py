@@ -5,7 +5,9 @@
 For each (design, seed) it runs train.py (one subprocess; the run lives under <outdir>/runs/<design>-seed<seed>/,
 a numbered train.py run directory), then calc_metrics.py on every network snapshot of the run (so the quality
 curve against kimg exists): the quality metrics (default swd2k, rkid2k; plus --fid when --inception is given)
-for all designs, cons1k and ds100 for conditional ones. Results go to the run's metric-<name>.jsonl, one line per
+for all designs, and on the final snapshot cons1k and ds100 for conditional ones. --jobs N runs N (design, seed)
+at once, each on its own --gpus GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, on cores / N threads, its output in
+<outdir>/runs/<design>-seed<seed>/tax-log.txt. Results go to the run's metric-<name>.jsonl, one line per
 snapshot: that is the cache. It then writes into --outdir
   tax.md, tax.json   one row per design: mean +- sd over seeds (sd with ddof=1, 0 for one seed) of every metric
                      of the final snapshot, the tax metric(design) - metric(uncond) with the sd of the difference
@@ -21,13 +23,16 @@ stopped after a training state is resumed (train.py --resume <run dir>), recorde
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import json
 import math
 import os
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 import time
 
 import click
@@ -57,6 +62,20 @@ def parse_seeds(text: str) -> list[int]:
         return [int(s) for s in items]
     except ValueError:
         raise UserError(f"--seeds {text} is not a comma-separated list of integers, e.g. 0,1,2") from None
+
+
+def parse_designs(text: str, seeds: list[int]) -> dict[str, list[int]]:
+    """"uncond,method,method-noblend:2" -> {design: its seeds}: all of --seeds, or the first N with `name:N`."""
+    out = {}
+    for item in parse_list(text, "design"):
+        name, _, count = item.partition(":")
+        if count and not (count.isdigit() and 1 <= int(count) <= len(seeds)):
+            raise UserError(f"--design {item}: after ':' give how many of the {len(seeds)} --seeds it runs, "
+                            f"e.g. {name}:2")  # fmt: skip
+        if name in out:
+            raise UserError(f"--design {text} names {name} twice; give each once")
+        out[name] = seeds[: int(count)] if count else list(seeds)
+    return out
 
 
 def metrics_for(design: str, quality: list[str]) -> list[str]:
@@ -134,12 +153,20 @@ class Run:
                         out.setdefault(record["snapshot"], {})[metric] = record["results"]
         return out
 
+    def metrics_of(self, snapshot: str) -> list[str]:
+        """What a snapshot is evaluated with: the quality metrics on every one (the curves), the 3DMM metrics
+        (cons, ds) on the final one only (the table and the quality-consistency plot read nothing else)."""
+        from training.run.snapshot import snapshot_nimg
+
+        final = snapshot_nimg(snapshot) >= round(self.kimg * 1000)
+        return [m for m in self.metrics if final or m not in COND_METRICS]
+
     def missing_metrics(self) -> dict[str, list[str]]:
         """{snapshot path: metrics not yet recorded for it}."""
         recorded = self.recorded()
         out = {}
         for snap in self.snapshots():
-            todo = [m for m in self.metrics if m not in recorded.get(os.path.basename(snap), {})]
+            todo = [m for m in self.metrics_of(snap) if m not in recorded.get(os.path.basename(snap), {})]
             if todo:
                 out[snap] = todo
         return out
@@ -181,11 +208,36 @@ def metric_command(snapshot: str, metrics: list[str], opts: dict) -> list[str]:
     return cmd
 
 
-def run_checked(cmd: list[str], what: str) -> None:
-    result = subprocess.run(cmd, cwd=ROOT)
+def run_checked(cmd: list[str], what: str, env: dict | None = None, log: str | None = None) -> None:
+    """Runs cmd; its output goes to the terminal, or appended to `log`. UserError naming where to look on failure."""
+    if log is None:
+        result = subprocess.run(cmd, cwd=ROOT, env=env)
+    else:
+        with open(log, "ab") as f:
+            f.write(f"$ {shlex.join(cmd)}\n".encode())
+            f.flush()
+            result = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        raise UserError(f"{what} failed (exit {result.returncode}); see its output above; rerun to continue: "
+        where = "its output above" if log is None else log
+        raise UserError(f"{what} failed (exit {result.returncode}); see {where}; rerun to continue: "
                         f"{shlex.join(cmd)}")  # fmt: skip
+
+
+def job_environments(jobs: int, gpus: int, device: str | None) -> list[dict | None]:
+    """One environment per job slot: None for one job (the parent's); else CUDA_VISIBLE_DEVICES slices of --gpus
+    devices when CUDA is used, or OMP_NUM_THREADS = cores / jobs on the CPU (unless the user set it)."""
+    if jobs == 1:
+        return [None]
+    import torch
+
+    visible = torch.cuda.device_count() if device != "cpu" else 0
+    if visible:
+        if jobs * gpus > visible:
+            raise UserError(f"--jobs {jobs} x --gpus {gpus} needs {jobs * gpus} GPUs, {visible} are visible")
+        return [dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(str(slot * gpus + g) for g in range(gpus)))
+                for slot in range(jobs)]  # fmt: skip
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    return [dict(os.environ, OMP_NUM_THREADS=threads) for _ in range(jobs)]
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -296,13 +348,14 @@ def _eta(started: float, done: int, total: int) -> str:
 
 def run_experiment(opts: dict) -> dict | None:
     """Validates, trains and evaluates what is missing (or prints it), writes the results. Returns tax.json's dict."""
-    designs = parse_list(opts["design"], "design")
+    seeds = parse_seeds(opts["seeds"])
+    design_seeds = parse_designs(opts["design"], seeds)
+    designs = list(design_seeds)
     unknown = [d for d in designs if d not in DESIGNS]
     if unknown:
         raise UserError(f"unknown design(s) {', '.join(unknown)}; choose from: {', '.join(DESIGNS)}")
     if BASELINE not in designs:
         raise UserError(f"the tax is measured against {BASELINE}: add it to --design (e.g. {BASELINE},method)")
-    seeds = parse_seeds(opts["seeds"])
     if not opts["kimg"] > 0:
         raise UserError(f"--kimg must be > 0, got {opts['kimg']:g}")
     quality = parse_list(opts["quality"], "quality")
@@ -321,7 +374,9 @@ def run_experiment(opts: dict) -> dict | None:
 
     outdir = opts["outdir"]
     preset = write_preset(outdir, opts["cfg"], opts["world_count"], opts.get("data"))
-    runs = [Run(outdir, d, s, opts["kimg"], metrics_for(d, quality)) for d in designs for s in seeds]
+    # seed-major: every design's first seed before any second seed, so an interrupted experiment is balanced
+    runs = [Run(outdir, d, s, opts["kimg"], metrics_for(d, quality)) for s in seeds for d in designs
+            if s in design_seeds[d]]  # fmt: skip
     if opts["print_commands"]:
         for run in runs:
             if not run.trained():
@@ -333,18 +388,49 @@ def run_experiment(opts: dict) -> dict | None:
               "designs); and python -m experiments.tax with the same options to write the results")  # fmt: skip
         return None
 
-    started, done, todo = time.time(), 0, [r for r in runs if not r.finished()]
-    print(f"Tax: {len(runs)} run(s), {len(runs) - len(todo)} already finished, {len(todo)} to do", flush=True)
-    for i, run in enumerate(todo, 1):
-        print(f"[run {i}/{len(todo)}] {run.label}: start ({_eta(started, done, len(todo))})", flush=True)
-        if not run.trained():
-            run_checked(train_command(run, preset, opts), f"training {run.label}")
-        for snap, metrics in run.missing_metrics().items():
-            run_checked(metric_command(snap, metrics, opts), f"metrics of {snap}")
-        done += 1
-        print(f"[run {i}/{len(todo)}] {run.label}: done in {run.run_dir()} ({_eta(started, done, len(todo))})",
-              flush=True)  # fmt: skip
-        write_results(outdir, summarize(runs, designs, quality))  # the table grows as runs finish
+    started, todo = time.time(), [r for r in runs if not r.finished()]
+    envs = job_environments(min(opts.get("jobs", 1), max(1, len(todo))), opts["gpus"], opts.get("device"))
+    at_once = f", {len(envs)} at a time (output in each run's tax-log.txt)" if len(envs) > 1 else ""
+    print(f"Tax: {len(runs)} run(s), {len(runs) - len(todo)} already finished, {len(todo)} to do{at_once}", flush=True)
+    slots, lock, done = queue.SimpleQueue(), threading.Lock(), [0]
+    for env in envs:
+        slots.put(env)
+
+    def process(i: int, run: Run) -> None:
+        env = slots.get()
+        try:
+            with lock:
+                print(f"[run {i}/{len(todo)}] {run.label}: start ({_eta(started, done[0], len(todo))})", flush=True)
+            log = None
+            if len(envs) > 1:
+                os.makedirs(run.parent, exist_ok=True)
+                log = os.path.join(run.parent, "tax-log.txt")
+            if not run.trained():
+                run_checked(train_command(run, preset, opts), f"training {run.label}", env=env, log=log)
+            for snap, metrics in run.missing_metrics().items():
+                run_checked(metric_command(snap, metrics, opts), f"metrics of {snap}", env=env, log=log)
+            with lock:
+                done[0] += 1
+                print(f"[run {i}/{len(todo)}] {run.label}: done in {run.run_dir()} "
+                      f"({_eta(started, done[0], len(todo))})", flush=True)  # fmt: skip
+                write_results(outdir, summarize(runs, designs, quality))  # the table grows as runs finish
+        finally:
+            slots.put(env)
+
+    if len(envs) == 1:
+        for i, run in enumerate(todo, 1):
+            process(i, run)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(len(envs)) as pool:
+            futures = [pool.submit(process, i, run) for i, run in enumerate(todo, 1)]
+            for future in concurrent.futures.as_completed(futures):
+                if future.exception() is not None:  # start nothing more; the runs under way end first
+                    for other in futures:
+                        other.cancel()
+                    break
+        for future in futures:
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()
     summary = summarize(runs, designs, quality)
     write_results(outdir, summary)
     print(f"Wrote {', '.join(os.path.join(outdir, f) for f in RESULT_FILES)}", flush=True)
@@ -353,7 +439,8 @@ def run_experiment(opts: dict) -> dict | None:
 
 @click.command(cls=Command)
 @click.option("--outdir", required=True, help="Experiment folder: runs/, tax.md, tax.json, tax.png")
-@click.option("--design", default="uncond,method", show_default=True, help="Comma-separated designs (with uncond)")
+@click.option("--design", default="uncond,method", show_default=True,
+              help="Comma-separated designs (with uncond); NAME:N runs only the first N seeds")  # fmt: skip
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds")
 @click.option("--kimg", default=2.0, show_default=True, type=float, help="Training length of every run")
 @click.option("--gpus", default=1, show_default=True, type=click.IntRange(min=1), help="GPUs per run")
@@ -369,6 +456,8 @@ def run_experiment(opts: dict) -> dict | None:
 @click.option("--quality", default="swd2k,rkid2k", show_default=True, help="Quality metrics, the first one plotted")
 @click.option("--inception", type=click.Path(exists=True, dir_okay=False), help="Inception weights: adds --fid")
 @click.option("--fid", default="fid50k_full", show_default=True, help="FID metric used with --inception")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Runs at once (each on --gpus GPUs of its own, or cores/jobs CPU threads)")  # fmt: skip
 @click.option("--metric-workers", default=3, show_default=True, type=click.IntRange(min=0), help="Loader workers")
 @click.option("--print-commands", is_flag=True, help="Print the commands still to run; run nothing")
 def main(**opts) -> None:

@@ -47,10 +47,10 @@ def setup(tmp_path, monkeypatch):
     calls: list[list[str]] = []
     real = tax.run_checked
 
-    def run_checked(cmd, what):
+    def run_checked(cmd, what, env=None, log=None):
         calls.append(cmd)
         if not cmd[1].endswith("calc_metrics.py"):
-            return real(cmd, what)
+            return real(cmd, what, env=env, log=log)
         snap, metrics = cmd[cmd.index("--network") + 1], cmd[cmd.index("--metrics") + 1].split(",")
         design = os.path.basename(os.path.dirname(os.path.dirname(snap))).split("-seed")[0]
         for metric in metrics:
@@ -60,7 +60,7 @@ def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(tax, "run_checked", run_checked)
     opts = dict(outdir=str(tmp_path / "exp"), design="uncond,method", seeds="0", kimg=0.008, gpus=1, cfg=str(cfg),
                 world_count=32, data=None, bfm=None, recon_ckpt=str(fr), batch=None, snap=None, device="cpu",
-                quality="swd2k,rkid2k", inception=None, fid="fid50k_full", metric_workers=0,
+                quality="swd2k,rkid2k", inception=None, fid="fid50k_full", metric_workers=0, jobs=1,
                 print_commands=False)  # fmt: skip
     return opts, calls
 
@@ -97,6 +97,13 @@ def test_quick_run_writes_the_table_and_a_second_call_continues(setup) -> None:
     assert "0.5 +- 0" in row and runs["method"]["sec_per_kimg"] > 0
     # Every snapshot was evaluated: the curve has the 0.004 and 0.008 kimg points.
     assert [p[0] for p in saved["curves"]["uncond"]["0"]] == [0.004, 0.008]
+    # cons and ds only on the final snapshot: the table reads nothing else
+    metric_calls = [(c[c.index("--network") + 1], c[c.index("--metrics") + 1]) for c in calls
+                    if c[1].endswith("calc_metrics.py")]  # fmt: skip
+    evaluated = {(os.path.basename(snap), names) for snap, names in metric_calls if "method-seed0" in snap}
+    # (train.py's own snapshot metric, cons1k, is already recorded for every snapshot: only ds100 is added)
+    assert evaluated == {("network-snapshot-000000.004.pt", "swd2k,rkid2k"),
+                         ("network-snapshot-000000.008.pt", "swd2k,rkid2k,ds100")}  # fmt: skip
 
     # A second call with everything done trains and evaluates nothing.
     calls.clear()
@@ -146,3 +153,59 @@ def test_bad_input_is_one_line(setup, args, message) -> None:
     opts, _ = setup
     result = CliRunner().invoke(tax.main, ["--outdir", opts["outdir"], "--cfg", opts["cfg"], *args])
     assert result.exit_code != 0 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_jobs_run_at_once_with_their_output_in_each_runs_log(setup) -> None:
+    opts, calls = setup
+    serial = tax.run_experiment(opts)
+    parallel = tax.run_experiment(dict(opts, outdir=opts["outdir"] + "-jobs", jobs=2))
+    assert len(train_calls(calls)) == 4
+    for design in ("uncond", "method"):  # the same trainings (train.py is deterministic) give the same table
+        same = json.dumps(parallel["designs"][design]["metrics"]) == json.dumps(serial["designs"][design]["metrics"])
+        assert same  # (as text: the floors are NaN)
+        log = open(os.path.join(opts["outdir"] + "-jobs", "runs", f"{design}-seed0", "tax-log.txt")).read()
+        assert log.startswith("$ ") and "train.py" in log and "Exiting..." in log
+
+
+def test_job_environments_split_cores_or_gpus(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert tax.job_environments(1, 1, None) == [None]
+    assert [e["OMP_NUM_THREADS"] for e in tax.job_environments(3, 1, None)] == ["2", "2", "2"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's setting wins
+    assert [e["OMP_NUM_THREADS"] for e in tax.job_environments(2, 1, None)] == ["1", "1"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in tax.job_environments(4, 2, "cuda")] == ["0,1", "2,3", "4,5", "6,7"]
+    cpu_only = tax.job_environments(2, 1, "cpu")[0]  # --device cpu: the GPUs are not handed out
+    assert cpu_only["OMP_NUM_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu_only
+    with pytest.raises(tax.UserError, match="--jobs 3 x --gpus 4 needs 12 GPUs, 8 are visible"):
+        tax.job_environments(3, 4, None)
+
+
+def test_a_failed_job_stops_the_queue(setup, monkeypatch) -> None:
+    opts, calls = setup
+
+    def failing(cmd, what, env=None, log=None):
+        calls.append(cmd)
+        raise tax.UserError(f"{what} failed")
+
+    monkeypatch.setattr(tax, "run_checked", failing)
+    with pytest.raises(tax.UserError, match="failed"):
+        tax.run_experiment(dict(opts, design="uncond,method,dfg,sg2-cond", seeds="0,1", jobs=2))
+    assert len(calls) < 8  # the queued runs never started
+
+
+def test_a_design_can_run_the_first_n_seeds_and_runs_are_seed_major(setup) -> None:
+    opts, _ = setup
+    args = ["--outdir", opts["outdir"], "--cfg", opts["cfg"], "--design", "uncond,method-noblend:1,dfg",
+            "--seeds", "4,5", "--print-commands"]  # fmt: skip
+    result = CliRunner().invoke(tax.main, args)
+    trains = [line for line in result.output.splitlines() if "train.py" in line and not line.startswith("#")]
+    got = [(c.split("--design ")[1].split()[0], c.split("--seed ")[1].split()[0]) for c in trains]
+    assert got == [("uncond", "4"), ("method-noblend", "4"), ("dfg", "4"), ("uncond", "5"), ("dfg", "5")]
+    for bad, message in (("uncond,dfg:3", "after ':' give how many of the 2 --seeds"),
+                         ("uncond,dfg:1,dfg", "names dfg twice")):  # fmt: skip
+        result = CliRunner().invoke(tax.main, [*args[:4], "--design", bad, "--seeds", "4,5"])
+        assert result.exit_code != 0 and message in result.output

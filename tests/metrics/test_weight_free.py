@@ -69,3 +69,57 @@ def test_registered_without_inception_and_too_few_reals_is_one_line(make_ctx):
     assert spec.needs_real_images and not spec.needs_inception and get_metric("fid1k").needs_inception
     with pytest.raises(UserError, match="compares 2048 real images, the dataset has 40"):
         calc_metric("swd2k", make_ctx(num_images=40))
+
+
+class _CountingDataset:
+    """A dataset with a path (so the real side is cached) that counts the real images read."""
+
+    def __init__(self, base, path: str):
+        self.base, self.path, self.reads = base, path, 0
+        self.name, self.resolution = base.name, base.resolution
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return self.base[i]
+
+
+@pytest.mark.parametrize("metric", ["swd", "rkid"])
+def test_the_real_side_cache_gives_the_uncached_numbers_and_reads_fewer_reals(make_ctx, tmp_path, metric):
+    compute = compute_swd if metric == "swd" else compute_random_feature_scores
+    uncached = compute(make_ctx(num_images=40, batch_size=4), 16)  # stand-in dataset without a path: no cache
+    data_file = tmp_path / "data.bin"
+    data_file.write_bytes(b"version 1")
+    ctx = make_ctx(num_images=40, batch_size=4)
+    ctx.dataset = _CountingDataset(ctx.dataset, str(data_file))
+    first = compute(ctx, 16)
+    entries = list((tmp_path / "cache").glob(f"*-{'swd' if metric == 'swd' else 'randcnn-v1-s0-64px'}-*.npz"))
+    assert first == uncached and len(entries) == 1 and ctx.dataset.reads == 32  # draws A and B
+    ctx.dataset.reads = 0
+    assert compute(ctx, 16) == uncached  # bit for bit, from the entry
+    assert ctx.dataset.reads == (16 if metric == "swd" else 0)  # swd needs draw A's images, rkid its features
+    # a planted entry of the right name but another shape is ignored and replaced
+    entries[0].write_bytes(b"PK not a zip at all")
+    ctx.dataset.reads = 0
+    assert compute(ctx, 16) == uncached and ctx.dataset.reads == 32
+    # an edited dataset is another entry; writing it removes the old one
+    data_file.write_bytes(b"version 2")
+    compute(ctx, 16)
+    after = list((tmp_path / "cache").glob("*.npz"))
+    assert len(after) == 1 and after[0] != entries[0]
+
+
+def test_a_compressed_or_oversized_cache_entry_is_not_read(tmp_path):
+    from metrics.weight_free import _read_entry
+
+    good, packed = tmp_path / "good.npz", tmp_path / "packed.npz"
+    np.savez(good, floor=np.arange(3.0))
+    np.savez_compressed(packed, floor=np.arange(3.0))
+    assert _read_entry(str(good), {"floor": (3,)})["floor"].tolist() == [0.0, 1.0, 2.0]
+    assert _read_entry(str(packed), {"floor": (3,)}) is None  # deflated members could expand without bound
+    assert _read_entry(str(good), {"floor": (2,)}) is None  # shape promised by the key, not by the file
+    big = tmp_path / "big.npz"
+    np.savez(big, floor=np.zeros(100_000))
+    assert _read_entry(str(big), {"floor": (3,)}) is None  # larger than what the key needs: not read
