@@ -20,7 +20,6 @@ reference levels that say how far "end" is from guessing and from the best G cou
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 import numpy as np
@@ -30,7 +29,7 @@ from deep3drecon.coeffs import COEFF_SLICES
 from generation.controlled import Sampler, vary_grid
 from metrics.consistency import CONSISTENCY_GROUPS, group_squared_errors
 from metrics.context import build_context
-from metrics.registry import calc_metric, report_metric
+from metrics.registry import calc_metric, recorded_metrics, report_metric
 from training.condition import ConditionBank
 from training.config import TrainConfig
 from training.dataset import ImageLabelDataset
@@ -61,13 +60,8 @@ def network_snapshots(run_dir: str) -> list[str]:
 
 
 def _recorded(run_dir: str, snapshot_name: str) -> dict | None:
-    """The last metric-cons1k.jsonl record of snapshot_name, if any."""
-    path = os.path.join(run_dir, f"metric-{CONS_METRIC}.jsonl")
-    if not os.path.isfile(path):
-        return None
-    records = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-    found = [r for r in records if r.get("snapshot") == snapshot_name]
-    return found[-1]["results"] if found else None
+    """The cons1k results of snapshot_name in metric-cons1k.jsonl (the last line written after the snapshot file)."""
+    return recorded_metrics(run_dir, CONS_METRIC).get(snapshot_name)
 
 
 def write_run_report(config: TrainConfig, run_dir: str, device: torch.device, progress: bool = True) -> dict:

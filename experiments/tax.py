@@ -139,18 +139,14 @@ class Run:
         return bool(snaps) and snapshot_nimg(snaps[-1]) >= round(self.kimg * 1000)
 
     def recorded(self) -> dict[str, dict[str, dict]]:
-        """{snapshot file name: {metric: results}} from the run's metric-<name>.jsonl (the last line wins; lines
-        written before the snapshot file are left out)."""
+        """{snapshot file name: {metric: results}} from the run's metric-<name>.jsonl (metrics.registry's
+        `recorded_metrics`: the last line wins, lines older than their snapshot file are left out)."""
+        from metrics.registry import recorded_metrics
+
         run_dir, out = self.run_dir(), {}
-        for metric in self.metrics:
-            path = os.path.join(run_dir or "", f"metric-{metric}.jsonl")
-            if run_dir and os.path.isfile(path):
-                for line in open(path, encoding="utf-8"):
-                    record = json.loads(line) if line.strip() else {}
-                    snap = os.path.join(run_dir, str(record.get("snapshot")))
-                    # a record older than its snapshot is of an earlier file of that name (a retrained snapshot)
-                    if record and (not os.path.isfile(snap) or record["timestamp"] >= os.path.getmtime(snap)):
-                        out.setdefault(record["snapshot"], {})[metric] = record["results"]
+        for metric in self.metrics if run_dir else []:
+            for snap, results in recorded_metrics(run_dir, metric).items():
+                out.setdefault(snap, {})[metric] = results
         return out
 
     def metrics_of(self, snapshot: str) -> list[str]:

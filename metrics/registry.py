@@ -199,3 +199,19 @@ def report_metric(result: dict, run_dir: str | None = None, snapshot_name: str |
         with open(os.path.join(run_dir, f"metric-{result['metric']}.jsonl"), "a", encoding="utf-8") as f:
             f.write(line + "\n")
     return line
+
+
+def recorded_metrics(run_dir: str, metric: str) -> dict[str, dict]:
+    """{snapshot file name: results} from <run_dir>/metric-<metric>.jsonl, the last line of a snapshot winning.
+
+    A line written before its snapshot file was (re)written is of an earlier file of that name (a run retrained
+    after a kill) and is left out."""
+    path, out = os.path.join(run_dir, f"metric-{metric}.jsonl"), {}
+    if not os.path.isfile(path):
+        return out
+    for line in open(path, encoding="utf-8"):
+        record = json.loads(line) if line.strip() else {}
+        snap = os.path.join(run_dir, str(record.get("snapshot")))
+        if record and (not os.path.isfile(snap) or record["timestamp"] >= os.path.getmtime(snap)):
+            out[record["snapshot"]] = record["results"]
+    return out

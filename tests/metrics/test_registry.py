@@ -54,3 +54,24 @@ def test_every_ds_variant_is_registered_and_named_in_its_records(make_ctx, tmp_p
         assert record["variant"] == expected[name]
         assert ("ds_illum" in record["results"]) == (name != "ds100_cgof")  # cGOF has no illumination factor
     assert "variant" not in calc_metric("fid1k", make_ctx(num_images=30, batch_size=250))
+
+
+def test_recorded_metrics_keeps_the_last_line_and_leaves_out_lines_older_than_their_snapshot(tmp_path):
+    import os
+    import time
+
+    from experiments.smoke_report import _recorded
+    from metrics.registry import recorded_metrics, report_metric
+
+    snap = tmp_path / "network-snapshot-000001.000.pt"
+    snap.write_bytes(b"first training")
+    report_metric({"metric": "cons1k", "results": {"cons_id": 1.0}}, str(tmp_path), snap.name)
+    report_metric({"metric": "cons1k", "results": {"cons_id": 2.0}}, str(tmp_path), snap.name)
+    report_metric({"metric": "cons1k", "results": {"cons_id": 3.0}}, str(tmp_path), "gone.pt")  # file absent: kept
+    assert recorded_metrics(str(tmp_path), "cons1k") == {snap.name: {"cons_id": 2.0}, "gone.pt": {"cons_id": 3.0}}
+    assert recorded_metrics(str(tmp_path), "swd2k") == {}
+    # the run was killed and retrained: a new file of the same name, written after those lines
+    later = time.time() + 5
+    os.utime(snap, (later, later))
+    assert snap.name not in recorded_metrics(str(tmp_path), "cons1k")
+    assert _recorded(str(tmp_path), snap.name) is None  # the smoke report does not print the old file's numbers
