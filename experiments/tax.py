@@ -4,8 +4,9 @@
 
 For each (design, seed) it runs train.py (one subprocess; the run lives under <outdir>/runs/<design>-seed<seed>/,
 a numbered train.py run directory), then calc_metrics.py on every network snapshot of the run (so the quality
-curve against kimg exists): the quality metrics (default swd2k, rkid2k; plus --fid when --inception is given)
-for all designs, and on the final snapshot cons1k and ds100 for conditional ones. --jobs N runs N (design, seed)
+curve against kimg exists) with the first quality metric (default swd2k), on the first and final snapshots also with
+the other quality metrics (default rkid2k; plus --fid when --inception is given), and on the final one with cons1k
+and ds100 for conditional designs. --jobs N runs N (design, seed)
 at once, each on its own --gpus GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, on cores / N threads, its output in
 <outdir>/runs/<design>-seed<seed>/tax-log.txt. Results go to the run's metric-<name>.jsonl, one line per
 snapshot: that is the cache. It then writes into --outdir
@@ -150,12 +151,15 @@ class Run:
         return out
 
     def metrics_of(self, snapshot: str) -> list[str]:
-        """What a snapshot is evaluated with: the quality metrics on every one (the curves), the 3DMM metrics
-        (cons, ds) on the final one only (the table and the quality-consistency plot read nothing else)."""
+        """What a snapshot is evaluated with: the first quality metric on every one (the curves); the other quality
+        metrics on the first and the final one (the table, and the first-vs-last check of each metric); the 3DMM
+        metrics (cons, ds) on the final one (the table and the quality-consistency plot read nothing else)."""
         from training.run.snapshot import snapshot_nimg
 
         final = snapshot_nimg(snapshot) >= round(self.kimg * 1000)
-        return [m for m in self.metrics if final or m not in COND_METRICS]
+        first = self.snapshots()[:1] == [snapshot]
+        quality = [m for m in self.metrics if m not in COND_METRICS]
+        return [m for m in self.metrics if final or m == quality[0] or (first and m in quality)]
 
     def missing_metrics(self) -> dict[str, list[str]]:
         """{snapshot path: metrics not yet recorded for it}."""
@@ -242,11 +246,18 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, sd
 
 
-def final_results(run: Run) -> dict[str, float]:
-    """Every numeric result key of the run's final snapshot, over all its metrics."""
+def snapshot_results(run: Run, which: int = -1) -> dict[str, float]:
+    """Every numeric result key of the run's final (which=-1) or first (0) snapshot, over all its metrics."""
     snaps = run.snapshots()
-    recorded = run.recorded().get(os.path.basename(snaps[-1]), {}) if snaps else {}
+    recorded = run.recorded().get(os.path.basename(snaps[which]), {}) if snaps else {}
     return {k: float(v) for m in run.metrics for k, v in recorded.get(m, {}).items() if isinstance(v, (int, float))}
+
+
+def _stats(values: list[dict[str, float]]) -> dict[str, dict]:
+    """{key: {mean, sd, n}} over the runs' {key: value} dicts (a key counts the runs that have it)."""
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    return {k: dict(zip(("mean", "sd", "n"), (*mean_sd([v[k] for v in values if k in v]),
+                                              sum(k in v for v in values)))) for k in keys}  # fmt: skip
 
 
 def shown(key: str) -> bool:
@@ -271,15 +282,15 @@ def summarize(runs: list[Run], designs: list[str], quality: list[str]) -> dict:
     qkey = quality_key(quality, runs)
     per_run = [{"design": r.design, "seed": r.seed, "run_dir": r.run_dir(), "kimg": r.kimg,
                 "final_snapshot": os.path.basename(r.snapshots()[-1]) if r.snapshots() else None,
-                "metrics": final_results(r), "sec_per_kimg": r.sec_per_kimg()} for r in runs]  # fmt: skip
+                "first_snapshot": os.path.basename(r.snapshots()[0]) if r.snapshots() else None,
+                "metrics": snapshot_results(r), "first_metrics": snapshot_results(r, 0),
+                "sec_per_kimg": r.sec_per_kimg()} for r in runs]  # fmt: skip
     rows = {}
     for design in designs:
         mine = [p for p in per_run if p["design"] == design and p["metrics"]]
-        keys = list(dict.fromkeys(k for p in mine for k in p["metrics"]))
-        stats = {k: dict(zip(("mean", "sd", "n"), (*mean_sd([p["metrics"][k] for p in mine if k in p["metrics"]]),
-                                                   sum(k in p["metrics"] for p in mine)))) for k in keys}  # fmt: skip
         speed = [p["sec_per_kimg"] for p in per_run if p["design"] == design and p["sec_per_kimg"] is not None]
-        rows[design] = {"n": len(mine), "metrics": stats,
+        rows[design] = {"n": len(mine), "metrics": _stats([p["metrics"] for p in mine]),
+                        "first": _stats([p["first_metrics"] for p in mine]),
                         "sec_per_kimg": dict(zip(("mean", "sd"), mean_sd(speed))) if speed else None}  # fmt: skip
     base = rows.get(BASELINE, {"metrics": {}})["metrics"]
     for row in rows.values():
@@ -320,7 +331,30 @@ def format_markdown(summary: dict) -> str:
         cells = [design, str(row["n"])] + [_pm(row["metrics"].get(k)) for k in keys]
         cells += [_pm(row["tax"].get(k)) for k in tax_keys] + [_pm(row["sec_per_kimg"], 3)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + sensitivity_lines(summary)) + "\n"
+
+
+def sensitivity_lines(summary: dict) -> list[str]:
+    """tax.md's second table: per quality key, the baseline's first and final snapshot (mean +- sd over seeds), how
+    many seed sd apart they are (|difference| / the larger sd), and the real-vs-real floor at the same count."""
+    row = summary["designs"].get(summary["baseline"])
+    if not row or not row["first"]:
+        return []
+    lines = ["", f"Sensitivity: {summary['baseline']}'s first snapshot against its final one (the metric must separate"
+             " them by far more than the seed spread), and the real-vs-real floor (two disjoint real draws of the"
+             " same count: the value of a perfect generator).", "",
+             "| key | first snapshot | final snapshot | separation (seed sd) | floor |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for key, first in row["first"].items():
+        final = row["metrics"].get(key)
+        if not shown(key) or final is None:
+            continue
+        spread = max(first["sd"], final["sd"])
+        apart = f"{abs(first['mean'] - final['mean']) / spread:.3g}" if spread > 0 else "-"
+        names = {f"{key}_floor", key.replace("swd_", "swd_floor_", 1)} - {key}  # rkid_floor, swd_floor_avg, ...
+        floor = next((row["metrics"][k] for k in sorted(names) if k in row["metrics"]), None)
+        lines.append(f"| {key} | {_pm(first)} | {_pm(final)} | {apart} | {_pm(floor) if floor else '-'} |")
+    return lines
 
 
 def write_results(outdir: str, summary: dict) -> None:

@@ -95,6 +95,9 @@ def test_quick_run_writes_the_table_and_a_second_call_continues(setup) -> None:
     assert "cons_id" not in saved["designs"]["method"]["tax"]  # uncond has no consistency
     row = next(line for line in md.splitlines() if line.startswith("| method"))
     assert "0.5 +- 0" in row and runs["method"]["sec_per_kimg"] > 0
+    # the sensitivity table: uncond's first and final snapshot of each quality key, and the floor
+    assert "| swd_avg | 9.996 +- 0 | 9.992 +- 0 | - | nan +- 0 |" in md
+    assert "| rkid | 0.09996 +- 0 | 0.09992 +- 0 | - | - |" in md
     # Every snapshot was evaluated: the curve has the 0.004 and 0.008 kimg points.
     assert [p[0] for p in saved["curves"]["uncond"]["0"]] == [0.004, 0.008]
     # cons and ds only on the final snapshot: the table reads nothing else
@@ -209,3 +212,15 @@ def test_a_design_can_run_the_first_n_seeds_and_runs_are_seed_major(setup) -> No
                          ("uncond,dfg:1,dfg", "names dfg twice")):  # fmt: skip
         result = CliRunner().invoke(tax.main, [*args[:4], "--design", bad, "--seeds", "4,5"])
         assert result.exit_code != 0 and message in result.output
+
+
+def test_the_first_quality_metric_on_every_snapshot_the_others_on_the_first_and_final(tmp_path) -> None:
+    run = tax.Run(str(tmp_path), "method", 0, 0.012, tax.metrics_for("method", ["swd2k", "rkid2k"]))
+    run_dir = os.path.join(run.parent, "00000-run")
+    os.makedirs(run_dir)
+    for kimg in ("000000.004", "000000.008", "000000.012"):
+        for kind in ("network-snapshot", "training-state"):
+            open(os.path.join(run_dir, f"{kind}-{kimg}.pt"), "wb").close()
+    got = {os.path.basename(snap)[17:27]: todo for snap, todo in run.missing_metrics().items()}
+    assert got == {"000000.004": ["swd2k", "rkid2k"], "000000.008": ["swd2k"],
+                   "000000.012": ["swd2k", "rkid2k", "cons1k", "ds100"]}  # fmt: skip
