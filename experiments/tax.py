@@ -6,9 +6,9 @@ For each (design, seed) it runs train.py (one subprocess; the run lives under <o
 a numbered train.py run directory), then calc_metrics.py on every network snapshot of the run (so the quality
 curve against kimg exists) with the first quality metric (default swd2k), on the first and final snapshots also with
 the other quality metrics (default rkid2k; plus --fid when --inception is given), and on the final one with cons1k
-and ds100 for conditional designs. --jobs N runs N (design, seed)
-at once, each on its own --gpus GPUs (CUDA_VISIBLE_DEVICES) or, on the CPU, on cores / N threads, its output in
-<outdir>/runs/<design>-seed<seed>/tax-log.txt. Results go to the run's metric-<name>.jsonl, one line per
+and ds100 for conditional designs. --jobs N runs N (design, seed) at once, each on its own --gpus GPUs
+(CUDA_VISIBLE_DEVICES) or, on the CPU, on cores / N threads, its output in <outdir>/runs/<design>-seed<seed>/
+tax-log.txt. Results go to the run's metric-<name>.jsonl, one line per
 snapshot: that is the cache. It then writes into --outdir
   tax.md, tax.json   one row per design: mean +- sd over seeds (sd with ddof=1, 0 for one seed) of every metric
                      of the final snapshot, the tax metric(design) - metric(uncond) with the sd of the difference
@@ -234,7 +234,10 @@ def job_environments(jobs: int, gpus: int, device: str | None) -> list[dict | No
     if visible:
         if jobs * gpus > visible:
             raise UserError(f"--jobs {jobs} x --gpus {gpus} needs {jobs * gpus} GPUs, {visible} are visible")
-        return [dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(str(slot * gpus + g) for g in range(gpus)))
+        # slices of the devices the user made visible (their CUDA_VISIBLE_DEVICES names them), else of 0 .. n-1
+        names = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()][:visible]
+        names = names if len(names) == visible else [str(i) for i in range(visible)]
+        return [dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(names[slot * gpus : (slot + 1) * gpus]))
                 for slot in range(jobs)]  # fmt: skip
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
     return [dict(os.environ, OMP_NUM_THREADS=threads) for _ in range(jobs)]

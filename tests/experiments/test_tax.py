@@ -164,7 +164,7 @@ def test_jobs_run_at_once_with_their_output_in_each_runs_log(setup) -> None:
     serial = tax.run_experiment(opts)
     parallel = tax.run_experiment(dict(opts, outdir=opts["outdir"] + "-jobs", jobs=2))
     assert len(train_calls(calls)) == 4
-    for design in ("uncond", "method"):  # the same trainings (train.py is deterministic) give the same table
+    for design in ("uncond", "method"):  # the same records in each run give the same table
         same = json.dumps(parallel["designs"][design]["metrics"]) == json.dumps(serial["designs"][design]["metrics"])
         assert same  # (as text: the floors are NaN)
         log = open(os.path.join(opts["outdir"] + "-jobs", "runs", f"{design}-seed0", "tax-log.txt")).read()
@@ -181,8 +181,10 @@ def test_job_environments_split_cores_or_gpus(monkeypatch) -> None:
     assert [e["OMP_NUM_THREADS"] for e in tax.job_environments(2, 1, None)] == ["1", "1"]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in tax.job_environments(4, 2, "cuda")] == ["0,1", "2,3", "4,5", "6,7"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "8,9,10,11,12,13,14,15")  # the user's devices, sliced
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in tax.job_environments(2, 4, None)] == ["8,9,10,11", "12,13,14,15"]
     cpu_only = tax.job_environments(2, 1, "cpu")[0]  # --device cpu: the GPUs are not handed out
-    assert cpu_only["OMP_NUM_THREADS"] == "1" and "CUDA_VISIBLE_DEVICES" not in cpu_only
+    assert cpu_only["OMP_NUM_THREADS"] == "1" and cpu_only["CUDA_VISIBLE_DEVICES"] == "8,9,10,11,12,13,14,15"
     with pytest.raises(tax.UserError, match="--jobs 3 x --gpus 4 needs 12 GPUs, 8 are visible"):
         tax.job_environments(3, 4, None)
 
