@@ -286,7 +286,8 @@ def summarize(runs: list[Run], designs: list[str], quality: list[str]) -> dict:
     per_run = [{"design": r.design, "seed": r.seed, "run_dir": r.run_dir(), "kimg": r.kimg,
                 "final_snapshot": os.path.basename(r.snapshots()[-1]) if r.snapshots() else None,
                 "first_snapshot": os.path.basename(r.snapshots()[0]) if r.snapshots() else None,
-                "metrics": snapshot_results(r), "first_metrics": snapshot_results(r, 0),
+                "metrics": snapshot_results(r) if r.trained() else {},  # a run under way has no final snapshot yet
+                "first_metrics": snapshot_results(r, 0) if r.trained() else {},
                 "sec_per_kimg": r.sec_per_kimg()} for r in runs]  # fmt: skip
     rows = {}
     for design in designs:

@@ -118,6 +118,9 @@ def test_quick_run_writes_the_table_and_a_second_call_continues(setup) -> None:
     for name in ("network-snapshot-000000.008.pt", "training-state-000000.008.pt"):
         os.remove(os.path.join(method, name))
     before = {f: os.stat(os.path.join(uncond, f)).st_mtime_ns for f in os.listdir(uncond)}
+    runs = [tax.Run(out, d, 0, 0.008, tax.metrics_for(d, ["swd2k", "rkid2k"])) for d in ("uncond", "method")]
+    partial = tax.summarize(runs, ["uncond", "method"], ["swd2k", "rkid2k"])["designs"]
+    assert partial["method"]["n"] == 0 and partial["uncond"]["n"] == 1  # a run under way is not in the table
     tax.run_experiment(opts)
     trained = train_calls(calls)
     assert len(trained) == 1 and trained[0][trained[0].index("--resume") + 1] == method
