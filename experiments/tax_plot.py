@@ -2,7 +2,8 @@
 
 Left: the quality key (final snapshot, mean over seeds, error bars sd) against consistency (mean of cons1k's
 cons_<group> keys) per conditional design; uncond, without a consistency, is a dashed horizontal line.
-Right: the quality key against kimg per design (mean over the seeds at each snapshot).
+Right: the quality key against kimg per design (mean over the seeds at each snapshot), the real-vs-real floor in
+its title.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def draw_tax_png(summary: dict) -> PIL.Image.Image:
         draw.line([x_lo, y, x_hi, y], fill=color[d])
         draw.line([x, y_lo, x, y_hi], fill=color[d])
         draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=color[d])
+        draw.text((x + 5, y - 12), d, fill=color[d])
 
     means = {}
     for d, by_seed in curves.items():
@@ -88,8 +90,12 @@ def draw_tax_png(summary: dict) -> PIL.Image.Image:
                 at.setdefault(kimg, []).append(value)
         means[d] = sorted((k, sum(v) / len(v)) for k, v in at.items())
     all_pts = [p for pts in means.values() for p in pts]
-    right = _Panel(draw, PANEL_W, _span([p[0] for p in all_pts]), _span([p[1] for p in all_pts]), "kimg", qkey,
-                   f"{qkey} vs kimg (mean over seeds)")  # fmt: skip
+    floor = next((r["metrics"].get(qkey.replace("swd_", "swd_floor_", 1), r["metrics"].get(f"{qkey}_floor"))
+                  for r in rows.values() if r["metrics"].get(qkey)), None)  # fmt: skip
+    floor_text = f"; real-vs-real floor {floor['mean']:.3g}" if floor and floor["mean"] == floor["mean"] else ""
+    kimg_span = (0.0, 1.05 * max([p[0] for p in all_pts], default=1.0))  # kimg from 0: curves start at the start
+    right = _Panel(draw, PANEL_W, kimg_span, _span([p[1] for p in all_pts]), "kimg", qkey,
+                   f"{qkey} vs kimg (mean over seeds{floor_text})")  # fmt: skip
     for d, pts in means.items():
         xy = [right.xy(k, v) for k, v in pts]
         if len(xy) > 1:
@@ -100,5 +106,6 @@ def draw_tax_png(summary: dict) -> PIL.Image.Image:
     for i, d in enumerate(designs):
         y = PANEL_H + 4 + 16 * i
         draw.rectangle([MARGIN, y + 2, MARGIN + 10, y + 12], fill=color[d])
-        draw.text((MARGIN + 16, y), d + (" (dashed: no consistency)" if points[d][0] is None else ""), fill=(0, 0, 0))
+        dashed = points[d][0] is None and points[d][1] is not None  # measured, without a consistency: uncond
+        draw.text((MARGIN + 16, y), d + (" (dashed: no consistency)" if dashed else ""), fill=(0, 0, 0))
     return image
