@@ -1,8 +1,35 @@
-"""Shared test helpers for the FR network tests: random weights with random BN statistics."""
+"""Shared test helpers for the FR and photo tests: random weights with random BN statistics, the astronaut's
+hand-placed landmarks, and `dataset_tool.py images` on a folder of photos."""
 
 from __future__ import annotations
 
+import importlib.util
+
+import numpy as np
+import pytest
 import torch
+
+# Hand-placed on the astronaut photo (512 x 512, from a 4x zoom of the face): eye centres (image left, right), nose
+# tip, mouth corners (image left, right); y-down pixels.
+HAND_LANDMARKS = np.array([[203.0, 101.3], [247.0, 102.5], [223.8, 126.3], [205.5, 141.3], [243.0, 142.0]])
+
+needs_detector = pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
+                                    reason='face detector weights not installed (pip install -e ".[faces]")')
+
+
+def run_images_tool(tmp_path, source) -> tuple[object, str]:
+    """`dataset_tool.py images` on `source` at 32 px with a random-weight FR -> (click result, dest zip path)."""
+    from click.testing import CliRunner
+
+    from dataset_tool import cli
+    from deep3drecon.recon_net import ReconNet, save_recon_net
+
+    ckpt, dest = str(tmp_path / "recon.pth"), str(tmp_path / "faces.zip")
+    save_recon_net(ReconNet("resnet18", input_size=32), ckpt)
+    result = CliRunner().invoke(cli, ["images", "--source", str(source), "--dest", dest, "--resolution", "32",
+                                      "--recon-ckpt", ckpt, "--workers", "0", "--device", "cpu",
+                                      "--no-progress"])  # fmt: skip
+    return result, dest
 
 
 def randomise(net: torch.nn.Module, seed: int) -> None:

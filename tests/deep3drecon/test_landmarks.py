@@ -15,14 +15,8 @@ from click.testing import CliRunner
 
 from deep3drecon import landmarks as lmk
 from deep3drecon.align import align_face
+from tests.deep3drecon.recon_fixtures import HAND_LANDMARKS, needs_detector, run_images_tool
 from torch_utils.errors import UserError
-
-# Hand-placed on the astronaut photo (512 x 512, from a 4x zoom of the face): eye centres (image left, right), nose
-# tip, mouth corners (image left, right); y-down pixels.
-HAND_LANDMARKS = np.array([[203.0, 101.3], [247.0, 102.5], [223.8, 126.3], [205.5, 141.3], [243.0, 142.0]])
-
-needs_detector = pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
-                                    reason='face detector weights not installed (pip install -e ".[faces]")')
 
 
 @pytest.fixture(scope="module")
@@ -152,19 +146,11 @@ def test_dataset_tool_images_detects_and_skips(astronaut, tmp_path) -> None:
     import json
     import zipfile
 
-    from dataset_tool import cli
-    from deep3drecon.recon_net import ReconNet, save_recon_net
-
     src = tmp_path / "photos"
     src.mkdir()
     astronaut.save(src / "astro.png")
     PIL.Image.new("RGB", (64, 64), (90, 90, 90)).save(src / "wall.png")
-    ckpt = str(tmp_path / "recon.pth")
-    save_recon_net(ReconNet("resnet18", input_size=32), ckpt)
-    dest = tmp_path / "faces.zip"
-    result = CliRunner().invoke(cli, ["images", "--source", str(src), "--dest", str(dest), "--resolution", "32",
-                                      "--recon-ckpt", ckpt, "--workers", "0", "--device", "cpu",
-                                      "--no-progress"])  # fmt: skip
+    result, dest = run_images_tool(tmp_path, src)
     assert result.exit_code == 0, result.output
     assert "wall.png: no landmarks file and no face found" in result.output and "Wrote 1 images" in result.output
     assert np.abs(np.loadtxt(src / "astro_landmarks.txt") - HAND_LANDMARKS).max() < 4.0

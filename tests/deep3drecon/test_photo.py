@@ -4,7 +4,6 @@ missing and foreign files; and the photo paths that use it (dataset_tool.py imag
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -17,14 +16,12 @@ import zlib
 import numpy as np
 import PIL.Image
 import pytest
-from click.testing import CliRunner
 
 from deep3drecon.photo import PHOTO_MAX_PIXELS, read_photo
+from tests.deep3drecon.recon_fixtures import HAND_LANDMARKS, needs_detector, run_images_tool
 from torch_utils.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The astronaut's hand-placed landmarks (tests/deep3drecon/test_landmarks.py).
-HAND_LANDMARKS = np.array([[203.0, 101.3], [247.0, 102.5], [223.8, 126.3], [205.5, 141.3], [243.0, 142.0]])
 
 # EXIF orientation k: the displayed (upright) image D from the stored pixels S, written with numpy only.
 DISPLAYED = {1: lambda s: s, 2: lambda s: s[:, ::-1], 3: lambda s: s[::-1, ::-1], 4: lambda s: s[::-1],
@@ -125,27 +122,15 @@ def test_a_huge_photo_is_refused_from_its_header(huge):
     assert int(peak_kb) < 20_000  # decoding would take 300 MB (6.5 GB through face detection)
 
 
-needs_faces = pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None,
-                                 reason='face detector weights not installed (pip install -e ".[faces]")')
-
-
-@needs_faces
+@needs_detector
 def test_dataset_tool_reads_a_rotated_photo_upright_and_skips_a_huge_one(tmp_path, huge):
-    from dataset_tool import cli
-    from deep3drecon.recon_net import ReconNet, save_recon_net
-
     data = pytest.importorskip("skimage.data")
     src = tmp_path / "photos"
     src.mkdir()
     # Stored lying on its side with orientation 6 ("rotate 90 degrees clockwise to view"), as a phone writes it.
     (src / "astro.jpg").write_bytes(_tagged(STORED[6](data.astronaut()), 6, "JPEG"))
     os.link(huge, src / "huge.png")
-    ckpt = str(tmp_path / "recon.pth")
-    save_recon_net(ReconNet("resnet18", input_size=32), ckpt)
-    dest = tmp_path / "faces.zip"
-    result = CliRunner().invoke(cli, ["images", "--source", str(src), "--dest", str(dest), "--resolution", "32",
-                                      "--recon-ckpt", ckpt, "--workers", "0", "--device", "cpu",
-                                      "--no-progress"])  # fmt: skip
+    result, dest = run_images_tool(tmp_path, src)
     assert result.exit_code == 0, result.output
     assert "Wrote 1 images" in result.output and "huge.png: cannot read huge.png: 10000x10000 px" in result.output
     # Detected on the upright image: where the hand-placed points are (before: "no face found", photo skipped).
