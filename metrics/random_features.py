@@ -187,5 +187,19 @@ def random_feature_scores(
     net = RandomCNNFeatures(net_seed, device)
     real = random_features(reals, batch_size=batch_size, net=net)
     fake = random_features(fakes, batch_size=batch_size, net=net)
+    return feature_scores(real, fake, seed, k=k, num_subsets=num_subsets, max_subset_size=max_subset_size)
+
+
+def feature_scores(
+    real: np.ndarray,
+    fake: np.ndarray,
+    seed: int = 0,
+    *,
+    k: int = 5,
+    num_subsets: int = 100,
+    max_subset_size: int = 1000,
+) -> dict[str, float]:
+    """{"rkid", "density", "coverage"} from features already extracted (float64 [N, D], [M, D]): KID with
+    `num_subsets` subsets of up to `max_subset_size` drawn with `seed`, density/coverage with k neighbours."""
     rkid = kernel_inception_distance(real, fake, num_subsets, max_subset_size, seed)
     return {"rkid": rkid, **density_coverage(real, fake, k)}

@@ -39,15 +39,14 @@ from metrics.context import (
     sample_latents_and_labels,
 )
 from metrics.features import images_to_uint8
-from metrics.kid import kernel_inception_distance
-from metrics.random_features import RandomCNNFeatures, density_coverage, random_features
+from metrics.random_features import RandomCNNFeatures, feature_scores, random_features
 from metrics.swd import DIR_REPEATS, DIRS_PER_REPEAT, NHOODS_PER_IMAGE, swd, swd_resolutions
 from torch_utils.errors import UserError
 from torch_utils.outputs import output_file
 
 _FLOOR_STREAM = 7  # seeds the permutation of real images apart from every other draw of ctx.seed
 _CACHE_VERSION = 1  # bump when what a cache entry holds, or how it is computed, changes
-_KID_SUBSETS, _NN_K = 100, 5  # random_feature_scores' defaults, part of the rkid cache key
+_KID_SUBSETS, _NN_K = 100, 5  # KID subsets and density/coverage k: part of the rkid cache key
 
 
 def _gather_in_order(ctx: MetricContext, indices: np.ndarray, images: np.ndarray) -> np.ndarray | None:
@@ -208,14 +207,12 @@ def compute_random_feature_scores(ctx: MetricContext, num_images: int) -> dict[s
     if ctx.rank == 0:
         real = entry["features"] if cached else random_features(reals, net=net)
         fake = random_features(fakes, net=net)
-        values = {"rkid": kernel_inception_distance(real, fake, _KID_SUBSETS, subset, ctx.seed),
-                  **density_coverage(real, fake, _NN_K)}  # fmt: skip
+        values = feature_scores(real, fake, ctx.seed, k=_NN_K, num_subsets=_KID_SUBSETS, max_subset_size=subset)
         if cached:
             floor = dict(zip(keys, entry["floor"].tolist()))
         elif floor_reals is not None:
             other = random_features(floor_reals, net=net)
-            floor = {"rkid": kernel_inception_distance(real, other, _KID_SUBSETS, subset, ctx.seed),
-                     **density_coverage(real, other, _NN_K)}  # fmt: skip
+            floor = feature_scores(real, other, ctx.seed, k=_NN_K, num_subsets=_KID_SUBSETS, max_subset_size=subset)
             _write_entry(ctx, cache, {"features": real, "floor": np.array([floor[k] for k in keys])})
         else:
             ctx.say(f"random-feature floor: the dataset has fewer than 2 x {num_images} images; reported as NaN")
