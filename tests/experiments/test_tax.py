@@ -229,3 +229,17 @@ def test_the_first_quality_metric_on_every_snapshot_the_others_on_the_first_and_
     got = {os.path.basename(snap)[17:27]: todo for snap, todo in run.missing_metrics().items()}
     assert got == {"000000.004": ["swd2k", "rkid2k"], "000000.008": ["swd2k"],
                    "000000.012": ["swd2k", "rkid2k", "cons1k", "ds100"]}  # fmt: skip
+
+
+def test_inception_weights_add_fid_to_the_quality_metrics(setup, tmp_path) -> None:
+    opts, calls = setup
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")  # never read: --print-commands runs nothing
+    args = ["--outdir", opts["outdir"], "--cfg", opts["cfg"], "--inception", str(weights), "--fid", "fid1k",
+            "--print-commands"]  # fmt: skip
+    result = CliRunner().invoke(tax.main, args)
+    assert result.exit_code == 0, result.output
+    hint = next(line for line in result.output.splitlines() if line.startswith("# then"))
+    assert "--metrics swd2k,rkid2k,fid1k" in hint and f"--inception {weights}" in hint and calls == []
+    run = tax.Run(opts["outdir"], "method", 0, 0.008, tax.metrics_for("method", ["swd2k", "rkid2k", "fid1k"]))
+    assert run.metrics == ["swd2k", "rkid2k", "fid1k", "cons1k", "ds100"]
